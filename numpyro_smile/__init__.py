@@ -1,0 +1,7 @@
+"""numpyro-smile: microcanonical Langevin samplers (MCLMC, MILE, SMILE) for NumPyro models."""
+
+from numpyro_smile.kernel import SMILE, SMILEState
+from numpyro_smile.minibatch import ModelError
+
+__all__ = ["SMILE", "SMILEState", "ModelError"]
+__version__ = "0.1.0"

@@ -1,0 +1,638 @@
+"""``SMILE``: auto-tuned (stochastic-gradient) MCLMC as a NumPyro ``MCMCKernel``.
+
+One kernel covers the MCLMC family, chosen by the model and a few arguments:
+
+* a model with ``numpyro.plate(name, N, subsample_size=B)`` -> SG-MCLMC on a fresh mini-batch
+  every step (SMILE), with the energy-error tuner and reset guardrail; ``precondition=True``
+  (the default) adds the gradient-noise preconditioner (pSMILE);
+* a model without a subsample plate -> full-batch MCLMC with partial velocity refresh and
+  MILE's tuning during warmup (step size from the energy variance, L from the posterior
+  variances and from the effective sample size);
+* ``adapt=False`` with a fixed ``step_size`` -> the "naive" variants, for ablations.
+
+Example::
+
+    from numpyro.infer import MCMC
+    from numpyro_smile import SMILE
+
+    mcmc = MCMC(SMILE(model), num_warmup=2000, num_samples=1000, num_chains=4,
+                chain_method="vectorized")
+    mcmc.run(jax.random.key(0), X, y)
+    idata = arviz.from_numpyro(mcmc)   # log_likelihood over all N data points
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.infer.util import initialize_model
+from numpyro.util import identity, is_prng_key
+
+from numpyro_smile import dynamics, minibatch, tuning
+
+__all__ = ["SMILE", "SMILEState"]
+
+#: Initial step size in full batch (MILE's for tabular networks); the full-batch tuner corrects
+#: any start within a few steps.
+DEFAULT_STEP_SIZE_FULL_BATCH = 1e-2
+#: Mini-batch mode starts at the noise-limited step size (see ``max_noise_angle``), at most
+#: this: the SMILE paper's initial step size for UCI networks.
+STEP_SIZE_MINIBATCH_MAX = 1e-3
+#: Mini-batches drawn at the initial point to estimate the gradient noise.
+NUM_NOISE_PROBES = 8
+#: Gradient sanitising in mini-batch mode (ALGORITHM.md 5.5): NaN -> 0, then clip.
+GRADIENT_CLIP = 1e6
+
+
+class SMILEState(NamedTuple):
+    """State of one chain (or, in vectorized mode, of all chains: every field but ``rng_key``
+    then has a leading ``(num_chains,)`` axis).
+
+    Attributes:
+        i: iteration counter; adaptation runs while ``i < num_warmup``.
+        z: dict of unconstrained latent values (the sample field).
+        potential_energy: -log p at ``z``; a mini-batch estimate in SMILE mode, whose noise sd
+            is about N / sqrt(B) times the per-datum log-likelihood sd.
+        energy_change: energy error dE of the last proposed step (0 when it was non-finite).
+        step_size: step size epsilon for the next step (path length in preconditioned units).
+        L: momentum decoherence length (``inf``: no partial refresh, SMILE's default).
+        diverging: True when the guardrail rejected the last step (a "reset").
+        num_resets: resets so far (int32).
+        momentum: ``(d,)`` unit velocity (zeros after a SMILE reset).
+        logdensity_grad: ``(d,)`` cached raw gradient of log p at ``z``.
+        energy_tuner: SMILE tuner statistics (``None`` in full-batch mode).
+        mclmc_tuner: full-batch tuner statistics (``None`` in mini-batch mode).
+        grad_noise: gradient-noise preconditioner statistics (``None`` when not preconditioning).
+        batches: ``{plate: EpochBatchState}`` batch schedules (``None`` for full batch).
+        rng_key: a single PRNG key (also in vectorized mode).
+    """
+
+    i: jax.Array
+    z: dict
+    potential_energy: jax.Array
+    energy_change: jax.Array
+    step_size: jax.Array
+    L: jax.Array
+    diverging: jax.Array
+    num_resets: jax.Array
+    momentum: jax.Array
+    logdensity_grad: jax.Array
+    energy_tuner: tuning.EnergyTunerState | None
+    mclmc_tuner: tuning.MCLMCTunerState | None
+    grad_noise: tuning.GradientNoiseState | None
+    batches: dict | None
+    rng_key: jax.Array
+
+
+class _StepConfig(NamedTuple):
+    """Static (hashable, Python-valued) configuration of the compiled step."""
+
+    num_warmup: int
+    plates: tuple  # ((name, PlateInfo), ...)
+    batch_schedule: str
+    coefficients: tuple
+    adapt: bool
+    adapt_during_sampling: bool
+    precondition: bool
+    max_noise_angle: float
+    energy: tuning.EnergyTunerConfig
+    mclmc: tuning.MCLMCTunerConfig | None
+
+
+def _sanitize(grad: jax.Array) -> jax.Array:
+    return jnp.clip(jnp.nan_to_num(grad, nan=0.0, posinf=GRADIENT_CLIP, neginf=-GRADIENT_CLIP),
+                    -GRADIENT_CLIP, GRADIENT_CLIP)
+
+
+def _next_batches(config: _StepConfig, batches: dict | None, rng_key: jax.Array, num_chains):
+    """Advance every plate's batch schedule, for one chain or all chains at once.
+
+    Returns ``(new_schedules, {plate: indices})`` with indices ``(B,)``, or ``(num_chains, B)``
+    when ``num_chains`` is given. All chains share the epoch boundaries, so the epoch test is
+    one scalar ``lax.cond`` outside ``vmap``: the O(N) permutation runs once per epoch, never
+    per step (under ``vmap`` a ``cond`` would run both branches every step).
+    """
+    if not config.plates:
+        return batches, {}
+    keys = jax.random.split(rng_key, len(config.plates))
+    new_batches, indices = {}, {}
+    for key, (name, plate) in zip(keys, config.plates):
+        state = None if batches is None else batches[name]
+        if num_chains is None:
+            new_batches[name], indices[name] = minibatch.batch_schedule_next(state, key, plate)
+        elif state is None:
+            shape = (num_chains, plate.subsample_size)
+            indices[name] = jax.random.randint(key, shape, 0, plate.size, jnp.int32)
+        else:
+            chain_keys = jax.random.split(key, num_chains)
+            state = jax.lax.cond(
+                minibatch.epoch_is_over(state, plate).reshape(-1)[0],
+                lambda plate=plate, chain_keys=chain_keys: jax.vmap(
+                    lambda k: minibatch.batch_schedule_init(k, plate, "epoch")
+                )(chain_keys),
+                lambda state=state: state,
+            )
+            new_batches[name], indices[name] = jax.vmap(
+                lambda s, plate=plate: minibatch.take_batch(s, plate)
+            )(state)
+    return (None if batches is None else new_batches), indices
+
+
+def _value_and_grad(config: _StepConfig, logdensity_fn: Callable, indices: dict):
+    """``x -> (log p(x), grad)`` on one mini-batch (sanitised) or on the full data."""
+
+    def value_and_grad(x):
+        value, grad = jax.value_and_grad(logdensity_fn)(x, indices)
+        return value, (_sanitize(grad) if config.plates else grad)
+
+    return value_and_grad
+
+
+def _chain_step(
+    config: _StepConfig, logdensity_fn: Callable, unravel: Callable,
+    state: SMILEState, indices: dict, rng_key: jax.Array,
+) -> SMILEState:
+    """One SMILE / MCLMC transition of a single chain on the given batch indices.
+
+    Guardrails and adaptation included; no ``lax.cond`` (this runs under ``vmap``, where a
+    ``cond`` would evaluate both branches).
+    """
+    key_step, key_momentum = jax.random.split(rng_key)
+    value_and_grad = _value_and_grad(config, logdensity_fn, indices)
+
+    position, _ = ravel_pytree(state.z)
+    scale = (
+        tuning.gradient_noise_scale(state.grad_noise) if config.precondition
+        else jnp.ones_like(position)
+    )
+    current = dynamics.IntegratorState(
+        position, state.momentum, -state.potential_energy, state.logdensity_grad
+    )
+    proposal, _, energy_change = dynamics.mclmc_step(
+        current, key_step, value_and_grad, state.step_size, state.L, scale, config.coefficients
+    )
+    finite = (
+        jnp.all(jnp.isfinite(proposal.position))
+        & jnp.isfinite(proposal.logdensity)
+        & jnp.isfinite(energy_change)
+    )
+    warming_up = state.i < config.num_warmup
+    keep_adapting = warming_up | config.adapt_during_sampling
+
+    step_size, L = state.step_size, state.L
+    energy_tuner, mclmc_tuner = state.energy_tuner, state.mclmc_tuner
+    if config.plates:
+        energy_tuner, step_size, reset = tuning.energy_tuner_update(
+            energy_tuner, step_size, energy_change, config.adapt & keep_adapting, config.energy
+        )
+    else:
+        reset = ~finite
+        if config.mclmc is not None:
+            accepted_z = jnp.where(reset, position, proposal.position) / scale
+            tuned = tuning.mclmc_tuner_update(
+                mclmc_tuner, config.mclmc, step_size, L, energy_change, accepted_z, finite
+            )
+            mclmc_tuner, step_size, L = jax.tree.map(
+                lambda a, b: jnp.where(warming_up, a, b), tuned, (mclmc_tuner, step_size, L)
+            )
+
+    new = jax.tree.map(lambda new, old: jnp.where(reset, old, new), proposal, current)
+    reset_momentum = dynamics.random_unit_vector(key_momentum, position.shape[0], position.dtype)
+    momentum = jnp.where(reset, reset_momentum, new.momentum)
+
+    grad_noise = state.grad_noise
+    if grad_noise is not None:
+        if config.plates:
+            update_noise = keep_adapting & ~reset
+        else:  # full batch: learn during phase I only, then freeze for tuning and sampling
+            update_noise = (state.i < config.mclmc.num_phase1 if config.mclmc else warming_up) & ~reset
+        updated = tuning.gradient_noise_update(grad_noise, new.logdensity_grad)
+        grad_noise = jax.tree.map(lambda a, b: jnp.where(update_noise, a, b), updated, grad_noise)
+    if config.plates and config.adapt:
+        # Noise guardrail: cap the velocity turn that gradient noise causes per step.
+        limit = tuning.noise_limited_step_size(grad_noise, scale, config.max_noise_angle)
+        step_size = jnp.where(keep_adapting, jnp.minimum(step_size, limit), step_size)
+
+    return SMILEState(
+        i=state.i + 1,
+        z=unravel(new.position),
+        potential_energy=-new.logdensity,
+        energy_change=jnp.where(jnp.isfinite(energy_change), energy_change, 0.0),
+        step_size=step_size,
+        L=L,
+        diverging=reset,
+        num_resets=state.num_resets + reset.astype(jnp.int32),
+        momentum=momentum,
+        logdensity_grad=new.logdensity_grad,
+        energy_tuner=energy_tuner,
+        mclmc_tuner=mclmc_tuner,
+        grad_noise=grad_noise,
+        batches=state.batches,
+        rng_key=state.rng_key,
+    )
+
+
+def _transition(
+    config: _StepConfig, logdensity_fn: Callable, unravel: Callable,
+    state: SMILEState, num_chains: int | None,
+) -> SMILEState:
+    """One transition of one chain (``num_chains=None``) or of a vectorized ensemble.
+
+    Work that is the same for every chain and happens rarely (a new epoch's permutations, the
+    ESS at the end of warmup) is decided here, by a scalar ``lax.cond`` outside ``vmap``.
+    """
+    key, key_batch, key_chains = jax.random.split(state.rng_key, 3)
+    batches, indices = _next_batches(config, state.batches, key_batch, num_chains)
+    state = state._replace(batches=batches)
+    step = partial(_chain_step, config, logdensity_fn, unravel)
+    if num_chains is None:
+        new = step(state, indices, key_chains)
+        count = None if new.mclmc_tuner is None else new.mclmc_tuner.count - 1
+    else:
+        axes = _batched_axes(state)
+        new = jax.vmap(step, in_axes=(axes, 0, 0), out_axes=axes)(
+            state, indices, jax.random.split(key_chains, num_chains)
+        )
+        count = None if new.mclmc_tuner is None else new.mclmc_tuner.count[0] - 1
+    if config.mclmc is not None and config.mclmc.num_phase3 > 0:
+        L_from_trace = partial(tuning.mclmc_tuner_L_from_trace, config=config.mclmc)
+        if num_chains is not None:
+            L_from_trace = jax.vmap(L_from_trace)
+        new_L = jax.lax.cond(
+            tuning.mclmc_tuner_is_last_phase3_step(config.mclmc, count)
+            & (state.i.reshape(-1)[0] < config.num_warmup),
+            lambda: L_from_trace(new.mclmc_tuner, step_size=new.step_size),
+            lambda: new.L,
+        )
+        new = new._replace(L=new_L)
+    return new._replace(rng_key=key)
+
+
+def _batched_axes(state: SMILEState) -> SMILEState:
+    """vmap axes of a vectorized state: every field batched except the single ``rng_key``."""
+    return SMILEState(*([0] * (len(SMILEState._fields) - 1)), None)
+
+
+class SMILE(MCMCKernel):
+    """Auto-tuned microcanonical Langevin sampler, mini-batched when the model subsamples.
+
+    Args:
+        model: a NumPyro model. Mark the likelihood with
+            ``numpyro.plate(name, N, subsample_size=B)`` (and ``numpyro.subsample`` the data)
+            for SMILE; without a subsample plate the kernel runs full-batch MCLMC (MILE).
+        potential_fn: alternatively, ``z -> U(z)`` (full batch) or, with ``data_size`` and
+            ``subsample_size``, ``(z, batch_indices) -> U_B(z)``, an unbiased mini-batch
+            estimate of the full potential. Requires ``init_params`` in ``mcmc.run``.
+        step_size: initial step size (default 1e-3 mini-batch, 1e-2 full batch); adapted
+            unless ``adapt=False``.
+        L: momentum decoherence length. ``None``: no partial refresh in mini-batch mode (the
+            gradient noise and resets decorrelate, as in the paper) and MILE's tuning in full
+            batch. A number fixes it.
+        precondition: learn a diagonal preconditioner from the gradient's running std
+            (pSMILE). In full batch it is learned during the first 80 percent of warmup and then
+            frozen; there it approximates the posterior scales.
+        adapt: adapt the step size (and L in full batch) during warmup. False with a fixed
+            ``step_size`` gives the naive variants.
+        adapt_during_sampling: mini-batch mode: keep the step-size controller and the
+            preconditioner running after warmup, as in the SMILE paper (default True). Set it
+            False to freeze them so that every chain is a time-homogeneous Markov chain. The
+            reset guardrail always stays on. Full-batch tuning always stops after warmup.
+        reset_quantile, adapt_tail_prob, adapt_rate, smoothing: SMILE tuner settings
+            (ALGORITHM.md 5.5); see :class:`~numpyro_smile.tuning.EnergyTunerConfig`.
+        desired_energy_var: full batch: desired Var[dE] per dimension, a float or a
+            ``(start, end)`` schedule (MILE: 0.5 -> 0.1).
+        integrator: ``"mclachlan"`` (2 gradients per step, default) or ``"leapfrog"`` (1).
+        init_strategy: NumPyro init strategy when ``init_params`` is not given.
+        batch_schedule: ``"epoch"`` (a fresh permutation per epoch, per chain) or
+            ``"with_replacement"``.
+        data_size, subsample_size: with ``potential_fn`` only: N and B of the mini-batch
+            potential.
+    """
+
+    sample_field = "z"
+    default_fields = ("z", "diverging", "energy_change", "step_size", "L", "potential_energy")
+
+    def __init__(
+        self,
+        model: Callable | None = None,
+        potential_fn: Callable | None = None,
+        *,
+        step_size: float | None = None,
+        L: float | None = None,
+        precondition: bool = True,
+        adapt: bool = True,
+        adapt_during_sampling: bool = False,
+        reset_quantile: float = 0.98,
+        adapt_tail_prob: float = 0.1,
+        adapt_rate: float = 0.02,
+        smoothing: float = 0.01,
+        max_noise_angle: float = 0.2,
+        desired_energy_var: float | tuple[float, float] = (0.5, 0.1),
+        integrator: str = "mclachlan",
+        init_strategy: Callable = init_to_uniform,
+        batch_schedule: str = "epoch",
+        data_size: int | None = None,
+        subsample_size: int | None = None,
+    ) -> None:
+        if (model is None) == (potential_fn is None):
+            raise ValueError(
+                "Pass exactly one of `model` (a NumPyro model) or `potential_fn` (a function "
+                "z -> potential energy); got " + ("both." if model is not None else "neither.")
+            )
+        if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}.")
+        if L is not None and not L > 0:
+            raise ValueError(f"L must be positive (or None to tune it), got {L!r}.")
+        if not adapt and step_size is None:
+            raise ValueError("adapt=False needs an explicit step_size (nothing would tune it).")
+        if integrator not in dynamics.INTEGRATORS:
+            raise ValueError(
+                f"integrator must be one of {sorted(dynamics.INTEGRATORS)}, got {integrator!r}."
+            )
+        if batch_schedule not in minibatch.BATCH_SCHEDULES:
+            raise ValueError(
+                f"batch_schedule must be one of {minibatch.BATCH_SCHEDULES}, got {batch_schedule!r}."
+            )
+        if not 0 < reset_quantile <= 1:
+            raise ValueError(f"reset_quantile must be in (0, 1], got {reset_quantile!r}.")
+        if not 0 <= adapt_tail_prob < 0.75:
+            raise ValueError(f"adapt_tail_prob must be in [0, 0.75), got {adapt_tail_prob!r}.")
+        if not max_noise_angle > 0:
+            raise ValueError(f"max_noise_angle must be positive, got {max_noise_angle!r}.")
+        if not (0 <= adapt_rate < 1 and 0 < smoothing <= 1):
+            raise ValueError("adapt_rate must be in [0, 1) and smoothing in (0, 1].")
+        if (data_size is None) != (subsample_size is None):
+            raise ValueError("Give both data_size and subsample_size, or neither.")
+        if data_size is not None:
+            if model is not None:
+                raise ValueError(
+                    "data_size/subsample_size are for potential_fn only; a model declares them "
+                    "with numpyro.plate(name, N, subsample_size=B)."
+                )
+            if subsample_size > data_size:
+                raise ValueError(
+                    f"subsample_size ({subsample_size}) is larger than data_size ({data_size}); "
+                    "use subsample_size <= data_size."
+                )
+        self._model = model
+        self._potential_fn = potential_fn
+        self._step_size = step_size
+        self._L = L
+        self._precondition = precondition
+        self._max_noise_angle = max_noise_angle
+        self._adapt = adapt
+        self._adapt_during_sampling = adapt_during_sampling
+        self._energy_config = tuning.EnergyTunerConfig(
+            reset_quantile, adapt_tail_prob, adapt_rate, smoothing
+        )
+        if isinstance(desired_energy_var, (int, float)):
+            desired_energy_var = (float(desired_energy_var), float(desired_energy_var))
+        self._desired_energy_var = tuple(desired_energy_var)
+        self._integrator = integrator
+        self._init_strategy = init_strategy
+        self._batch_schedule = batch_schedule
+        self._plates: dict[str, minibatch.PlateInfo] = (
+            {"data": minibatch.PlateInfo(data_size, subsample_size)}
+            if data_size is not None and subsample_size < data_size else {}
+        )
+        self._potential_fn_gen = None
+        self._postprocess_fn_gen = None
+        self._sample_fn = None
+        self._unravel = None
+        self._vectorized = False
+
+    # ---------------------------------------------------------------- NumPyro protocol
+
+    @property
+    def model(self) -> Callable | None:
+        """A full-data view of the model (every subsample plate sees all N points).
+
+        ``az.from_numpyro(mcmc)`` reads this to compute ``log_likelihood`` and
+        ``observed_data`` over all N points rather than one random mini-batch.
+        """
+        if self._model is None or not self._plates:
+            return self._model
+        return minibatch.full_data_model(self._model, self._plates)
+
+    @property
+    def subsample_plates(self) -> dict[str, minibatch.PlateInfo]:
+        """``{name: PlateInfo(N, B)}`` found at ``init`` (empty: full-batch mode)."""
+        return dict(self._plates)
+
+    @property
+    def is_ensemble_kernel(self) -> bool:
+        """True after a vectorized ``init``: the state then holds a single ``rng_key``."""
+        return self._vectorized
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        """Constrain ``z`` (and replay deterministic sites, over the full data)."""
+        if self._postprocess_fn_gen is None:
+            return identity
+        return self._postprocess_fn_gen(*model_args, **self._with_indices(
+            model_kwargs, minibatch.full_data_indices(self._plates)
+        ))
+
+    def get_diagnostics_str(self, state: SMILEState) -> str:
+        resets = int(jnp.sum(state.num_resets))
+        return f"step size {float(jnp.mean(state.step_size)):.2e}, {resets} resets"
+
+    def _with_indices(self, model_kwargs: dict, indices: dict) -> dict:
+        if not self._plates:
+            return model_kwargs
+        return {**model_kwargs, minibatch.SUBSAMPLE_KWARG: indices}
+
+    def _logdensity_fn(self, model_args, model_kwargs) -> Callable:
+        """``(x, indices) -> log p`` on flat parameters for the given data."""
+        unravel = self._unravel
+        if self._potential_fn is not None:
+            if self._plates:
+                (name,) = self._plates
+                return lambda x, idx: -self._potential_fn(unravel(x), idx[name])
+            return lambda x, idx: -self._potential_fn(unravel(x))
+
+        def logdensity(x, indices):
+            kwargs = self._with_indices(model_kwargs, indices)
+            return -self._potential_fn_gen(*model_args, **kwargs)(unravel(x))
+
+        return logdensity
+
+    def init(
+        self, rng_key, num_warmup: int, init_params=None, model_args=(), model_kwargs={}
+    ) -> SMILEState:
+        self._vectorized = not is_prng_key(rng_key)
+        num_chains = rng_key.shape[0] if self._vectorized else None
+        model_kwargs = dict(model_kwargs)
+        first_key = rng_key[0] if self._vectorized else rng_key
+        if self._model is not None:
+            if minibatch.SUBSAMPLE_KWARG in model_kwargs:
+                raise ValueError(f"{minibatch.SUBSAMPLE_KWARG!r} is a reserved keyword of SMILE.")
+            minibatch.check_finite_data(model_args, model_kwargs)
+            self._plates = minibatch.inspect_model(self._model, model_args, model_kwargs)
+            wrapped = partial(minibatch.subsample_model, self._model)
+            init_keys = rng_key if (self._vectorized and init_params is None) else first_key
+            model_info = initialize_model(
+                init_keys, wrapped, dynamic_args=True, init_strategy=self._init_strategy,
+                model_args=model_args, model_kwargs=model_kwargs,
+            )
+            self._potential_fn_gen = model_info.potential_fn
+            self._postprocess_fn_gen = model_info.postprocess_fn
+            expected = model_info.param_info.z
+            if init_params is None:
+                init_params = expected
+            else:
+                _check_init_params(init_params, expected, self._vectorized)
+        elif init_params is None:
+            raise ValueError("SMILE(potential_fn=...) needs init_params in mcmc.run(...).")
+
+        single = jax.tree.map(lambda a: a[0], init_params) if self._vectorized else init_params
+        flat, self._unravel = ravel_pytree(single)
+        dim = flat.shape[0]
+        if dim < 2:
+            raise ValueError(
+                "MCLMC needs at least 2 latent dimensions (the velocity lives on the sphere "
+                f"S^(d-1)); this model has d = {dim}."
+            )
+        config = self._step_config(num_warmup, dim)
+        init_chain = partial(self._init_chain, config, model_args, model_kwargs, dim, flat.dtype)
+        key_state, key_chains = jax.random.split(first_key)
+        if self._vectorized:
+            state = jax.vmap(init_chain)(init_params, jax.random.split(key_chains, num_chains))
+        else:
+            state = init_chain(init_params, key_chains)
+        state = state._replace(rng_key=key_state)
+
+        def sample_fn(state, model_args, model_kwargs):
+            logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
+            return _transition(config, logdensity_fn, self._unravel, state, num_chains)
+
+        self._sample_fn = sample_fn
+        return state
+
+    def sample(self, state: SMILEState, model_args, model_kwargs) -> SMILEState:
+        """One transition of every chain in ``state`` (see :class:`SMILEState`)."""
+        assert self._sample_fn is not None, "`init` must be called before `sample`."
+        return self._sample_fn(state, model_args, model_kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_sample_fn"] = None
+        state["_potential_fn_gen"] = None
+        state["_postprocess_fn_gen"] = None
+        return state
+
+    # ---------------------------------------------------------------- internals
+
+    def _step_config(self, num_warmup: int, dim: int) -> _StepConfig:
+        mclmc = None
+        if not self._plates and self._adapt and num_warmup > 0:
+            mclmc = tuning.mclmc_tuner_config(
+                num_warmup, dim,
+                energy_var_start=self._desired_energy_var[0],
+                energy_var_end=self._desired_energy_var[1],
+                tune_L=self._L is None,
+            )
+        return _StepConfig(
+            num_warmup=int(num_warmup),
+            plates=tuple(self._plates.items()),
+            batch_schedule=self._batch_schedule,
+            coefficients=dynamics.INTEGRATORS[self._integrator],
+            adapt=self._adapt,
+            adapt_during_sampling=self._adapt_during_sampling,
+            precondition=self._precondition,
+            max_noise_angle=self._max_noise_angle,
+            energy=self._energy_config,
+            mclmc=mclmc,
+        )
+
+    @staticmethod
+    def _initial_gradient_noise(config, logdensity_fn, position, rng_key):
+        """Gradient mean and std over a few random mini-batches at the initial point.
+
+        Starts the noise statistics (preconditioner and step-size cap) at a real estimate
+        instead of the reference code's all-ones, at the cost of a few gradient evaluations.
+        """
+        keys = jax.random.split(rng_key, len(config.plates))
+        indices = {
+            name: jax.random.randint(
+                key, (NUM_NOISE_PROBES, plate.subsample_size), 0, plate.size, jnp.int32
+            )
+            for key, (name, plate) in zip(keys, config.plates)
+        }
+        grads = jax.vmap(
+            lambda idx: _value_and_grad(config, logdensity_fn, idx)(position)[1]
+        )(indices)
+        std = jnp.sqrt(jnp.maximum(jnp.var(grads, axis=0), 1e-7))
+        return tuning.GradientNoiseState(grads.mean(axis=0), std)
+
+    def _init_chain(self, config, model_args, model_kwargs, dim, dtype, z, rng_key) -> SMILEState:
+        key_batch, key_momentum, key_tuner, key_noise = jax.random.split(rng_key, 4)
+        position, _ = ravel_pytree(z)
+        batches = None
+        if config.plates and config.batch_schedule == "epoch":
+            keys = jax.random.split(key_batch, len(config.plates))
+            batches = {
+                name: minibatch.batch_schedule_init(key, plate, config.batch_schedule)
+                for key, (name, plate) in zip(keys, config.plates)
+            }
+        batches, indices = _next_batches(config, batches, key_batch, None)
+        logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
+        logdensity, grad = _value_and_grad(config, logdensity_fn, indices)(position)
+        grad_noise = tuning.gradient_noise_init(dim, dtype) if config.precondition else None
+        if config.plates:
+            grad_noise = self._initial_gradient_noise(config, logdensity_fn, position, key_noise)
+            scale = (
+                tuning.gradient_noise_scale(grad_noise) if config.precondition
+                else jnp.ones_like(position)
+            )
+            limit = tuning.noise_limited_step_size(grad_noise, scale, config.max_noise_angle)
+            step_size = self._step_size or jnp.minimum(limit, STEP_SIZE_MINIBATCH_MAX)
+            L = self._L or math.inf
+        else:
+            step_size = self._step_size or DEFAULT_STEP_SIZE_FULL_BATCH
+            L = self._L or (max(math.sqrt(dim), 15.0) if config.mclmc else math.sqrt(dim))
+        momentum = dynamics.random_unit_vector(key_momentum, dim, dtype)
+        return SMILEState(
+            i=jnp.zeros((), jnp.int32),
+            z=z,
+            potential_energy=-logdensity,
+            energy_change=jnp.zeros((), dtype),
+            step_size=jnp.asarray(step_size, dtype),
+            L=jnp.asarray(L, dtype),
+            diverging=jnp.zeros((), bool),
+            num_resets=jnp.zeros((), jnp.int32),
+            momentum=momentum,
+            logdensity_grad=grad,
+            energy_tuner=tuning.energy_tuner_init(dtype) if config.plates else None,
+            mclmc_tuner=(
+                tuning.mclmc_tuner_init(config.mclmc, dim, key_tuner, dtype) if config.mclmc else None
+            ),
+            grad_noise=grad_noise,
+            batches=batches,
+            rng_key=rng_key,
+        )
+
+
+def _check_init_params(init_params: Any, expected: dict, batched: bool) -> None:
+    """Clear errors for ``init_params`` with the wrong sites or shapes."""
+    if not isinstance(init_params, dict) or set(init_params) != set(expected):
+        got = sorted(init_params) if isinstance(init_params, dict) else type(init_params).__name__
+        raise ValueError(
+            f"init_params must be a dict of unconstrained values for the latent sites "
+            f"{sorted(expected)}; got {got}."
+        )
+    for name, value in init_params.items():
+        want = jnp.shape(expected[name])
+        have = jnp.shape(value)[1:] if batched else jnp.shape(value)
+        if have != want:
+            lead = "(num_chains,) + " if batched else ""
+            raise ValueError(
+                f"init_params[{name!r}] has shape {jnp.shape(value)}, expected {lead}{want}."
+            )

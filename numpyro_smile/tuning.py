@@ -1,0 +1,466 @@
+"""Step-size, trajectory-length and preconditioner adaptation, as pure ``init``/``update`` pairs.
+
+Three adapters, each a NamedTuple state plus pure functions (optax style), unit-testable alone:
+
+* :func:`energy_tuner_init` / :func:`energy_tuner_update`: SMILE's energy-error step-size
+  controller with the reset guardrail (ALGORITHM.md 5.5). A Gamma distribution is moment-fitted
+  to recent |dE|; an atypically large |dE| shrinks the step size, an atypically small one grows
+  it, and a |dE| beyond the ``reset_quantile`` rejects the step. Relative: no absolute target.
+* :func:`gradient_noise_init` / :func:`gradient_noise_update` / :func:`gradient_noise_scale`:
+  pSMILE's diagonal preconditioner from an EMA of the per-coordinate gradient mean and standard
+  deviation (ALGORITHM.md 5.3). It makes mini-batch gradient noise isotropic.
+* :func:`mclmc_tuner_init` / :func:`mclmc_tuner_update`: full-batch MCLMC tuning with MILE's
+  changes (ALGORITHM.md 3, 4.2): step size from the energy variance with a 0.5 -> 0.1 schedule
+  (phases I+II), L from posterior variances (end of phase II), L from the effective sample size
+  of a stored trace (phase III).
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "EnergyTunerConfig",
+    "EnergyTunerState",
+    "energy_tuner_init",
+    "energy_tuner_update",
+    "GradientNoiseState",
+    "gradient_noise_init",
+    "gradient_noise_update",
+    "gradient_noise_scale",
+    "noise_limited_step_size",
+    "MCLMCTunerConfig",
+    "MCLMCTunerState",
+    "mclmc_tuner_config",
+    "mclmc_tuner_init",
+    "mclmc_tuner_update",
+    "mclmc_tuner_is_last_phase3_step",
+    "mclmc_tuner_L_from_trace",
+    "effective_sample_size",
+]
+
+Array = jax.Array
+
+#: Step-size bounds of the SMILE controller (ALGORITHM.md 5.5, "Other numerical guardrails").
+STEP_SIZE_MIN, STEP_SIZE_MAX = 1e-8, 10.0
+
+
+def _normal_quantile(q: float) -> float:
+    """Phi^{-1}(q), with the limits q = 0 -> -inf and q = 1 -> +inf."""
+    if q <= 0.0:
+        return -math.inf
+    if q >= 1.0:
+        return math.inf
+    return NormalDist().inv_cdf(q)
+
+
+# --------------------------------------------------------------------------------------------
+# SMILE energy-error tuner and reset guardrail
+# --------------------------------------------------------------------------------------------
+
+
+class EnergyTunerConfig(NamedTuple):
+    """Hyper-parameters of the SMILE energy-error tuner (static Python floats).
+
+    Attributes:
+        reset_quantile: rho; a step whose |dE| exceeds the rho-quantile of the fitted Gamma is
+            rejected (position kept, velocity zeroed). 1.0 disables resets.
+        adapt_tail_prob: a; |dE| above the (1 - 2a/3)-quantile shrinks the step size, below the
+            (a/3)-quantile grows it. 0.0 disables adaptation.
+        adapt_rate: delta; relative step-size change per adapting step.
+        smoothing: beta; EMA rate of the running mean and std of |dE|.
+        burn_in: no resets and no step-size change while the step counter is below this.
+    """
+
+    reset_quantile: float = 0.98
+    adapt_tail_prob: float = 0.1
+    adapt_rate: float = 0.02
+    smoothing: float = 0.01
+    burn_in: int = 10
+
+
+class EnergyTunerState(NamedTuple):
+    """Running statistics of |dE| for one chain.
+
+    Attributes:
+        abs_mean: EMA mean m_E of |dE|, scalar.
+        abs_std: EMA standard deviation s_E of |dE|, scalar.
+        count: step counter t, starting at 1 (int32 scalar).
+    """
+
+    abs_mean: Array
+    abs_std: Array
+    count: Array
+
+
+def energy_tuner_init(dtype=jnp.float32) -> EnergyTunerState:
+    """Fresh statistics; the first steps overwrite them (ALGORITHM.md 5.5, step 4)."""
+    one = jnp.ones((), dtype=dtype)
+    return EnergyTunerState(abs_mean=one, abs_std=one, count=jnp.ones((), jnp.int32))
+
+
+def _gamma_quantile(mean: Array, std: Array, z: float) -> Array:
+    """Wilson-Hilferty quantile of the Gamma with the given mean and std, at normal score z."""
+    variance = std**2 + 1e-6
+    shape = mean**2 / variance
+    scale = variance / mean
+    if math.isinf(z):
+        return jnp.full_like(mean, z)
+    return shape * scale * (1 - 1 / (9 * shape) + z / (3 * jnp.sqrt(shape))) ** 3
+
+
+def energy_tuner_update(
+    state: EnergyTunerState,
+    step_size: Array,
+    energy_change: Array,
+    adapt: Array | bool = True,
+    config: EnergyTunerConfig = EnergyTunerConfig(),
+) -> tuple[EnergyTunerState, Array, Array]:
+    """Update the |dE| statistics, decide on a reset, and adapt the step size.
+
+    Thresholds come from the statistics *before* this step. A non-finite ``energy_change``
+    always resets, leaves the statistics untouched and (when adapting) shrinks the step size by
+    20 percent: our extension of the reference rule, which cannot see NaNs.
+
+    Args:
+        state: current statistics.
+        step_size: step size used for this step.
+        energy_change: dE of this step (any finite or non-finite scalar).
+        adapt: whether the step size may change (False during sampling when frozen).
+        config: :class:`EnergyTunerConfig`.
+
+    Returns:
+        ``(new_state, new_step_size, reset)``, ``reset`` a boolean scalar.
+    """
+    beta = config.smoothing
+    t = state.count
+    finite = jnp.isfinite(energy_change)
+    error = jnp.where(finite, jnp.abs(energy_change), 0.0)
+
+    reset_threshold = _gamma_quantile(
+        state.abs_mean, state.abs_std, _normal_quantile(config.reset_quantile)
+    )
+    upper = _gamma_quantile(
+        state.abs_mean, state.abs_std, _normal_quantile(1 - 2 * config.adapt_tail_prob / 3)
+    )
+    lower = _gamma_quantile(
+        state.abs_mean, state.abs_std, _normal_quantile(config.adapt_tail_prob / 3)
+    )
+    past_burn_in = t >= config.burn_in
+    reset = ((error > reset_threshold) & past_burn_in) | ~finite
+
+    mean = jnp.where(t < 3, error, (1 - beta) * state.abs_mean + beta * error)
+    mean = jnp.clip(mean, 1e-6, 1e6)
+    variance = (1 - beta) * state.abs_std**2 * (t != 1) + beta * (error - mean) ** 2
+    correction = jnp.where(t < 5, 1.0, 1 - 0.5 ** (t - 4).astype(mean.dtype))
+    std = jnp.clip(jnp.sqrt(variance / correction), 1e-6, 1e7)
+    mean = jnp.where(finite, mean, state.abs_mean)
+    std = jnp.where(finite, std, state.abs_std)
+
+    factor = jnp.where(error > upper, 1 - config.adapt_rate, 1.0)
+    factor = jnp.where(error < lower, 1 + config.adapt_rate, factor)
+    factor = jnp.where(finite, factor, 0.8)
+    adapting = jnp.logical_and(adapt, past_burn_in | ~finite)
+    new_step_size = jnp.where(
+        adapting, jnp.clip(step_size * factor, STEP_SIZE_MIN, STEP_SIZE_MAX), step_size
+    )
+    return EnergyTunerState(mean, std, t + 1), new_step_size, reset
+
+
+# --------------------------------------------------------------------------------------------
+# pSMILE gradient-noise preconditioner
+# --------------------------------------------------------------------------------------------
+
+
+class GradientNoiseState(NamedTuple):
+    """EMA of the raw gradient, per coordinate. Both ``(d,)``, initialised to ones."""
+
+    mean: Array
+    std: Array
+
+
+def gradient_noise_init(dim: int, dtype=jnp.float32) -> GradientNoiseState:
+    """Initial statistics (mean = std = 1, as in the reference code)."""
+    return GradientNoiseState(jnp.ones((dim,), dtype), jnp.ones((dim,), dtype))
+
+
+def gradient_noise_update(
+    state: GradientNoiseState, grad: Array, rate: float = 0.01
+) -> GradientNoiseState:
+    """Fold one raw ``(d,)`` gradient into the EMAs (mean first; the variance uses the new mean)."""
+    mean = jnp.clip((1 - rate) * state.mean + rate * grad, -1e6, 1e6)
+    variance = jnp.maximum((1 - rate) * state.std**2 + rate * (grad - mean) ** 2, 1e-7)
+    return GradientNoiseState(mean, jnp.sqrt(variance))
+
+
+def gradient_noise_scale(state: GradientNoiseState) -> Array:
+    """The diagonal preconditioner s, shape ``(d,)``: s_i proportional to 1 / sigma_i.
+
+    sigma is clipped to [1e-2, 1e4] and normalised to unit RMS, so the noise of the transformed
+    gradient s * g has the same standard deviation r = RMS(sigma) on every coordinate and the
+    total noise power is preserved.
+    """
+    sigma = jnp.clip(state.std, 1e-2, 1e4)
+    rms = jnp.sqrt(jnp.mean(sigma**2))
+    return rms / sigma
+
+
+def noise_limited_step_size(
+    state: GradientNoiseState, scale: Array | float, max_angle: float
+) -> Array:
+    """Largest step size whose gradient noise turns the velocity by about ``max_angle`` rad.
+
+    In the isokinetic velocity update a gradient g turns u by about
+    delta = step_size * |s * g| / (d - 1) radians. Mini-batch noise of std sigma_i per
+    coordinate contributes |s * sigma|, and SG-MCLMC's bias grows with that turn (measured on
+    a Bayesian linear regression: variances ~5 percent low at 0.15 rad, ~25 percent at 0.6).
+    Returns max_angle * (d - 1) / |s * sigma|, a scalar.
+    """
+    sigma = jnp.clip(state.std, 1e-2, 1e4)
+    dim = sigma.shape[0]
+    return max_angle * (dim - 1) / jnp.linalg.norm(scale * sigma)
+
+
+# --------------------------------------------------------------------------------------------
+# Full-batch MCLMC tuner with MILE's schedule
+# --------------------------------------------------------------------------------------------
+
+
+class MCLMCTunerConfig(NamedTuple):
+    """Static schedule of the full-batch tuner (build with :func:`mclmc_tuner_config`).
+
+    Attributes:
+        num_phase1, num_phase2, num_phase3: warmup steps per phase (80 / 10 / 10 percent).
+        energy_var_start, energy_var_end: desired Var[dE] per dimension, scheduled linearly
+            (exponentially when the start exceeds 2) over phases I+II.
+        num_effective_samples: n_eff of the step-size averaging (forgetting factor).
+        trust_in_estimate: width of the log-weight window around the target.
+        tune_L: whether L is set from posterior variances and from the ESS.
+        trace_stride: keep every ``trace_stride``-th phase-III position for the ESS.
+        trace_length: number of stored positions (``ceil(num_phase3 / trace_stride)``).
+        trace_dims: number of coordinates stored (at most 2000, as in MILE).
+    """
+
+    num_phase1: int
+    num_phase2: int
+    num_phase3: int
+    energy_var_start: float = 0.5
+    energy_var_end: float = 0.1
+    num_effective_samples: float = 100.0
+    trust_in_estimate: float = 1.5
+    tune_L: bool = True
+    trace_stride: int = 1
+    trace_length: int = 0
+    trace_dims: int = 0
+
+
+def mclmc_tuner_config(
+    num_warmup: int,
+    dim: int,
+    *,
+    energy_var_start: float = 0.5,
+    energy_var_end: float = 0.1,
+    num_effective_samples: float = 100.0,
+    trust_in_estimate: float = 1.5,
+    tune_L: bool = True,
+    phase_fractions: tuple[float, float] = (0.8, 0.1),
+    max_trace_length: int = 1000,
+    max_trace_dims: int = 2000,
+) -> MCLMCTunerConfig:
+    """Split ``num_warmup`` into MILE's phases and size the phase-III trace buffer."""
+    num_phase1 = int(phase_fractions[0] * num_warmup)
+    num_phase2 = int(phase_fractions[1] * num_warmup)
+    num_phase3 = num_warmup - num_phase1 - num_phase2
+    if not tune_L:
+        num_phase3 = 0
+    stride = max(1, math.ceil(num_phase3 / max_trace_length)) if num_phase3 else 1
+    return MCLMCTunerConfig(
+        num_phase1=num_phase1,
+        num_phase2=num_phase2,
+        num_phase3=num_phase3,
+        energy_var_start=energy_var_start,
+        energy_var_end=energy_var_end,
+        num_effective_samples=num_effective_samples,
+        trust_in_estimate=trust_in_estimate,
+        tune_L=tune_L,
+        trace_stride=stride,
+        trace_length=math.ceil(num_phase3 / stride) if num_phase3 else 0,
+        trace_dims=min(dim, max_trace_dims),
+    )
+
+
+class MCLMCTunerState(NamedTuple):
+    """Statistics of the full-batch tuner for one chain.
+
+    Attributes:
+        count: warmup steps seen (int32).
+        log_weighted_xi: log of the discounted, weighted sum of xi / eps^6 (log domain: no
+            overflow for tiny step sizes in float32).
+        weight_sum: discounted sum of the weights.
+        step_size_max: cap lowered to 0.8 eps after a non-finite step.
+        moment_weight, moment_x, moment_x2: step-size-weighted sums of z and z^2 over phase II,
+            ``()``, ``(d,)``, ``(d,)``; z are the preconditioned coordinates x / s.
+        trace: ``(trace_length, trace_dims)`` phase-III positions for the ESS.
+        trace_coords: ``(trace_dims,)`` coordinates kept in the trace (random subset if d > 2000).
+    """
+
+    count: Array
+    log_weighted_xi: Array
+    weight_sum: Array
+    step_size_max: Array
+    moment_weight: Array
+    moment_x: Array
+    moment_x2: Array
+    trace: Array
+    trace_coords: Array
+
+
+def mclmc_tuner_init(
+    config: MCLMCTunerConfig, dim: int, rng_key: Array, dtype=jnp.float32
+) -> MCLMCTunerState:
+    """Empty statistics; ``rng_key`` picks the stored coordinates when d > ``trace_dims``."""
+    coords = jax.random.permutation(rng_key, dim)[: config.trace_dims]
+    zero = jnp.zeros((), dtype)
+    return MCLMCTunerState(
+        count=jnp.zeros((), jnp.int32),
+        log_weighted_xi=jnp.full((), -jnp.inf, dtype),
+        weight_sum=zero,
+        step_size_max=jnp.full((), jnp.inf, dtype),
+        moment_weight=zero,
+        moment_x=jnp.zeros((dim,), dtype),
+        moment_x2=jnp.zeros((dim,), dtype),
+        trace=jnp.zeros((config.trace_length, config.trace_dims), dtype),
+        trace_coords=jnp.sort(coords),
+    )
+
+
+def _desired_energy_var(config: MCLMCTunerConfig, t: Array) -> Array:
+    span = config.num_phase1 + config.num_phase2 + 1
+    start, end = config.energy_var_start, config.energy_var_end
+    if start > 2:
+        decay = jnp.exp(-t / (span / 4))
+        return start * decay + end * (1 - decay)
+    return start - (start - end) * jnp.minimum(t / span, 1.0)
+
+
+def effective_sample_size(samples: Array) -> Array:
+    """Single-chain ESS per coordinate of ``(n, k)`` draws (Geyer's initial monotone sequence).
+
+    Autocovariances by FFT; pair sums are truncated at the first non-positive one and made
+    monotone. Returns ``(k,)`` values in (0, n * log10(n)].
+    """
+    n = samples.shape[0]
+    centred = samples - samples.mean(axis=0)
+    spectrum = jnp.fft.rfft(centred, n=2 * n, axis=0)
+    autocov = jnp.fft.irfft(spectrum * jnp.conj(spectrum), n=2 * n, axis=0)[:n] / n
+    rho = autocov / jnp.maximum(autocov[:1], 1e-30)
+    num_pairs = n // 2
+    pairs = rho[0 : 2 * num_pairs : 2] + rho[1 : 2 * num_pairs : 2]
+    positive = jnp.cumprod(pairs > 0, axis=0).astype(pairs.dtype)
+    monotone = jax.lax.cummin(jnp.where(positive > 0, pairs, jnp.inf), axis=0) * positive
+    monotone = jnp.where(positive > 0, monotone, 0.0)
+    tau = -1.0 + 2.0 * monotone.sum(axis=0)
+    tau = jnp.maximum(tau, 1.0 / jnp.log10(jnp.maximum(n, 10)))
+    return n / tau
+
+
+def mclmc_tuner_update(
+    state: MCLMCTunerState,
+    config: MCLMCTunerConfig,
+    step_size: Array,
+    L: Array,
+    energy_change: Array,
+    position: Array,
+    finite: Array,
+) -> tuple[MCLMCTunerState, Array, Array]:
+    """One warmup step of the full-batch tuner.
+
+    Args:
+        state: tuner statistics.
+        config: static schedule.
+        step_size, L: values used for this step.
+        energy_change: dE of the step (ignored when ``finite`` is False).
+        position: ``(d,)`` accepted position in preconditioned coordinates z = x / s.
+        finite: whether the proposed step was finite (else the step was reverted).
+
+    Returns:
+        ``(new_state, new_step_size, new_L)``.
+    """
+    dim = position.shape[0]
+    t = state.count
+    dtype = state.weight_sum.dtype
+    in_step_phase = t < config.num_phase1 + config.num_phase2
+    in_phase2 = (t >= config.num_phase1) & in_step_phase
+
+    # Phases I+II: step size from the energy error (xi ~ C eps^6).
+    step_size_max = jnp.where(finite, state.step_size_max, 0.8 * step_size)
+    energy_change = jnp.where(finite, energy_change, 0.0)
+    xi = energy_change**2 / (dim * _desired_energy_var(config, t.astype(dtype))) + 1e-8
+    weight = jnp.exp(-0.5 * (jnp.log(xi) / (6.0 * config.trust_in_estimate)) ** 2)
+    decay = (config.num_effective_samples - 1) / (config.num_effective_samples + 1)
+    log_weighted_xi = jnp.logaddexp(
+        jnp.log(decay) + state.log_weighted_xi,
+        jnp.log(weight) + jnp.log(xi) - 6 * jnp.log(step_size),
+    )
+    weight_sum = decay * state.weight_sum + weight
+    tuned_step = jnp.exp(-(log_weighted_xi - jnp.log(weight_sum)) / 6)
+    tuned_step = jnp.minimum(tuned_step, step_size_max)
+    new_step_size = jnp.where(in_step_phase, tuned_step, step_size)
+    log_weighted_xi = jnp.where(in_step_phase, log_weighted_xi, state.log_weighted_xi)
+    weight_sum = jnp.where(in_step_phase, weight_sum, state.weight_sum)
+
+    # Phase II: step-size-weighted moments of z; L = sqrt(sum of variances) at its end.
+    moment_w = jnp.where(in_phase2 & finite, step_size, 0.0)
+    moment_weight = state.moment_weight + moment_w
+    moment_x = state.moment_x + moment_w * position
+    moment_x2 = state.moment_x2 + moment_w * position**2
+    new_L = L
+    if config.tune_L:
+        mean = moment_x / jnp.maximum(moment_weight, 1e-30)
+        variance = jnp.maximum(moment_x2 / jnp.maximum(moment_weight, 1e-30) - mean**2, 0.0)
+        end_of_phase2 = (t == config.num_phase1 + config.num_phase2 - 1) & (moment_weight > 0)
+        new_L = jnp.where(end_of_phase2, jnp.sqrt(jnp.sum(variance)), new_L)
+
+    # Phase III: store a thinned trace (L from its ESS: see mclmc_tuner_L_from_trace).
+    trace = state.trace
+    if config.num_phase3 > 0:
+        offset = t - config.num_phase1 - config.num_phase2
+        store = (offset >= 0) & (offset % config.trace_stride == 0)
+        slot = jnp.clip(offset // config.trace_stride, 0, config.trace_length - 1)
+        row = jnp.where(store, position[state.trace_coords], trace[slot])
+        trace = trace.at[slot].set(row)
+
+    new_state = MCLMCTunerState(
+        count=t + 1,
+        log_weighted_xi=log_weighted_xi,
+        weight_sum=weight_sum,
+        step_size_max=step_size_max,
+        moment_weight=moment_weight,
+        moment_x=moment_x,
+        moment_x2=moment_x2,
+        trace=trace,
+        trace_coords=state.trace_coords,
+    )
+    return new_state, new_step_size, new_L
+
+
+def mclmc_tuner_is_last_phase3_step(config: MCLMCTunerConfig, count: Array) -> Array:
+    """True when ``count`` (steps seen before this one) is the last phase-III step."""
+    return count == config.num_phase1 + config.num_phase2 + config.num_phase3 - 1
+
+
+def mclmc_tuner_L_from_trace(
+    state: MCLMCTunerState, config: MCLMCTunerConfig, step_size: Array
+) -> Array:
+    """MILE's phase-III rule: L = 0.4 * step_size * mean_i(num_phase3 / ESS_i).
+
+    Call once, after the last phase-III step (the kernel does it outside ``vmap`` so that the
+    FFT runs once per warmup, not on every step).
+    """
+    ess = effective_sample_size(state.trace)
+    return (0.4 * step_size * jnp.mean(config.num_phase3 / ess)).astype(step_size.dtype)

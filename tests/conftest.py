@@ -1,0 +1,63 @@
+"""Shared fixtures: small models with known posteriors, compiled once per module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+numpyro.set_host_device_count(1)
+
+#: UCI data directory for tests that read real data (not copied into the project).
+DATA_DIR = Path(os.environ.get("SMILE_DATA_DIR", Path(__file__).parents[1] / ".." / "shared" / "data"))
+
+BLR_N, BLR_D = 10_000, 5
+BLR_NOISE_SD, BLR_PRIOR_SD = 1.0, 10.0
+
+
+def linear_regression(X, y=None, subsample_size=None):
+    """Bayesian linear regression with a known noise sd; the likelihood sits in a subsample plate."""
+    beta = numpyro.sample("beta", dist.Normal(0, BLR_PRIOR_SD).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("N", X.shape[0], subsample_size=subsample_size):
+        xb = numpyro.subsample(X, event_dim=1)
+        yb = numpyro.subsample(y, event_dim=0) if y is not None else None
+        numpyro.sample("obs", dist.Normal(xb @ beta, BLR_NOISE_SD), obs=yb)
+
+
+class LinearRegressionProblem:
+    """Synthetic data with an intercept column and the exact Gaussian posterior."""
+
+    def __init__(self, seed: int = 0, n: int = BLR_N, d: int = BLR_D):
+        rng = np.random.default_rng(seed)
+        X = np.concatenate([np.ones((n, 1)), rng.normal(size=(n, d))], axis=1).astype(np.float32)
+        beta = rng.normal(size=d + 1)
+        y = (X @ beta + BLR_NOISE_SD * rng.normal(size=n)).astype(np.float32)
+        X64 = X.astype(np.float64)
+        precision = X64.T @ X64 / BLR_NOISE_SD**2 + np.eye(d + 1) / BLR_PRIOR_SD**2
+        self.cov = np.linalg.inv(precision)
+        self.mean = self.cov @ (X64.T @ y.astype(np.float64)) / BLR_NOISE_SD**2
+        self.sd = np.sqrt(np.diag(self.cov))
+        self.X, self.y = jnp.asarray(X), jnp.asarray(y)
+        self.rng = rng
+
+    def dispersed_init(self, num_chains: int, seed: int = 1) -> dict:
+        """Chain starts drawn from the exact posterior (as if from a pretrained ensemble)."""
+        rng = np.random.default_rng(seed)
+        draws = rng.multivariate_normal(self.mean, self.cov, size=num_chains)
+        return {"beta": jnp.asarray(draws, dtype=jnp.float32)}
+
+
+@pytest.fixture(scope="session")
+def blr() -> LinearRegressionProblem:
+    return LinearRegressionProblem()
+
+
+@pytest.fixture(scope="session")
+def rng_key() -> jax.Array:
+    return jax.random.key(0)
