@@ -1,0 +1,371 @@
+"""The SMILE kernel under ``numpyro.infer.MCMC``: statistics against known posteriors,
+chain methods, ArviZ, guardrails, compilation count and input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.diagnostics import effective_sample_size
+from numpyro.infer import MCMC
+
+import numpyro_smile.kernel as kernel_module
+from numpyro_smile import SMILE, ModelError
+
+from .conftest import BLR_N, LinearRegressionProblem, linear_regression
+
+BATCH = 256
+NUM_CHAINS = 4
+
+
+# ------------------------------------------------------------------ known Gaussian, d = 100
+
+GAUSS_DIM = 100
+GAUSS_VAR = jnp.logspace(-2, 0, GAUSS_DIM)  # condition number 100
+GAUSS_MEAN = jnp.linspace(-1, 1, GAUSS_DIM)
+
+
+def gaussian_potential(z):
+    return 0.5 * jnp.sum((z["x"] - GAUSS_MEAN) ** 2 / GAUSS_VAR)
+
+
+def run_gaussian(num_samples=4000, **kernel_kwargs):
+    mcmc = MCMC(
+        SMILE(potential_fn=gaussian_potential, **kernel_kwargs),
+        num_warmup=2000, num_samples=num_samples, num_chains=NUM_CHAINS,
+        chain_method="vectorized", progress_bar=False,
+    )
+    init = {"x": jax.random.normal(jax.random.key(1), (NUM_CHAINS, GAUSS_DIM))}
+    mcmc.run(jax.random.key(0), init_params=init)
+    return mcmc
+
+
+def gaussian_z_scores(mcmc):
+    """Per-coordinate z-scores of the mean and of the variance, from each coordinate's ESS.
+
+    Monte Carlo standard errors: sd / sqrt(ESS) for the mean, var * sqrt(2 / ESS) for the
+    variance (Gaussian). ESS is capped at the number of draws (MCLMC can be antithetic).
+    """
+    x = np.asarray(mcmc.get_samples(group_by_chain=True)["x"], np.float64)
+    ess = np.clip(effective_sample_size(x), 10, x.shape[0] * x.shape[1])
+    flat = x.reshape(-1, GAUSS_DIM)
+    var = np.asarray(GAUSS_VAR, np.float64)
+    z_mean = (flat.mean(0) - np.asarray(GAUSS_MEAN)) / np.sqrt(var / ess)
+    rel_var_error = flat.var(0) / var - 1
+    return z_mean, rel_var_error, np.sqrt(2 / ess)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        # Full batch, no preconditioner: the stiff coordinates need a tight energy target.
+        {"precondition": False, "desired_energy_var": 1e-5},
+        # Full batch with pSMILE's gradient-noise preconditioner (learned in warmup phase I).
+        {"precondition": True, "desired_energy_var": 5e-4},
+    ],
+    ids=["full-batch", "preconditioned"],
+)
+def test_gaussian_moments(kwargs):
+    """Means and variances of a d=100 Gaussian (condition number 100).
+
+    Tolerance: every coordinate's mean within 4.5 Monte Carlo standard errors (100 coordinates:
+    a false alarm has probability ~1e-3); every variance within 4.5 standard errors plus a 3
+    percent budget for MCLMC's discretisation bias (bias^2 ~ Var[dE] / d, here <= 2.2 percent).
+    """
+    z_mean, rel_var_error, var_se = gaussian_z_scores(run_gaussian(**kwargs))
+    assert np.max(np.abs(z_mean)) < 4.5
+    assert np.all(np.abs(rel_var_error) < 4.5 * var_se + 0.03)
+
+
+@pytest.mark.slow
+def test_gaussian_default_mile_schedule_trades_little_bias():
+    """MILE's default target (Var[dE]/d from 0.5 to 0.1) buys large steps with a small bias:
+    the average variance is within 12 percent (measured: about 7 percent low)."""
+    _, rel_var_error, _ = gaussian_z_scores(run_gaussian())
+    assert -0.12 < np.mean(rel_var_error) < 0.03
+
+
+# ------------------------------------------------------------------ Bayesian linear regression
+
+
+def run_blr(problem, *, num_warmup=2000, num_samples=8000, num_chains=NUM_CHAINS,
+            chain_method="vectorized", seed=0, **kernel_kwargs):
+    mcmc = MCMC(
+        SMILE(linear_regression, **kernel_kwargs), num_warmup=num_warmup, num_samples=num_samples,
+        num_chains=num_chains, chain_method=chain_method, progress_bar=False,
+    )
+    init = problem.dispersed_init(num_chains)
+    if num_chains == 1:
+        init = jax.tree.map(lambda a: a[0], init)
+    mcmc.run(jax.random.key(seed), problem.X, problem.y, subsample_size=BATCH, init_params=init)
+    return mcmc
+
+
+def assert_blr_posterior(samples, problem):
+    """Acceptance bounds: |mean error| < 0.3 exact posterior sd, sd ratio in [0.8, 1.25].
+
+    Pooled ESS is about 200 for these runs, so the mean's Monte Carlo error is ~0.07 sd
+    (0.3 = 4 standard errors) and the sd ratio's ~0.05; the measured SG-MCLMC bias of the sd at
+    the default noise angle is -5 to -10 percent.
+    """
+    beta = np.asarray(samples["beta"], np.float64)
+    mean_error = (beta.mean(0) - problem.mean) / problem.sd
+    sd_ratio = beta.std(0) / problem.sd
+    assert np.all(np.abs(mean_error) < 0.3), mean_error
+    assert np.all((sd_ratio > 0.8) & (sd_ratio < 1.25)), sd_ratio
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["pSMILE", "SMILE"])
+def blr_run(request, blr):
+    return run_blr(blr, precondition=request.param)
+
+
+@pytest.mark.slow
+def test_blr_vectorized_matches_exact_posterior(blr_run, blr):
+    assert_blr_posterior(blr_run.get_samples(), blr)
+    stats = blr_run.get_extra_fields()
+    assert stats["step_size"].shape == (NUM_CHAINS * 8000,)
+    assert np.isinf(stats["L"]).all()  # mini-batch mode: no partial refresh by default
+    resets = float(np.mean(stats["diverging"]))
+    assert 0.0 < resets < 0.05  # the reset guardrail fires on ~2 percent of steps
+
+
+@pytest.mark.slow
+def test_blr_sequential(blr):
+    mcmc = run_blr(blr, num_chains=2, num_samples=12000, chain_method="sequential")
+    assert_blr_posterior(mcmc.get_samples(), blr)
+
+
+PARALLEL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {root!r})
+    import jax, numpy as np
+    assert jax.local_device_count() == 2, jax.devices()
+    from tests.conftest import LinearRegressionProblem
+    from tests.test_kernel import run_blr
+    problem = LinearRegressionProblem()
+    mcmc = run_blr(problem, num_chains=2, num_samples=12000, chain_method="parallel")
+    beta = np.asarray(mcmc.get_samples()["beta"], np.float64)
+    print(json.dumps({{
+        "mean_error": ((beta.mean(0) - problem.mean) / problem.sd).tolist(),
+        "sd_ratio": (beta.std(0) / problem.sd).tolist(),
+    }}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_blr_parallel_on_two_cpu_devices():
+    """chain_method="parallel" (pmap) on 2 host devices, in a subprocess (XLA flags must be set
+    before JAX starts)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    script = PARALLEL_SCRIPT.format(root=str(Path(__file__).parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert np.all(np.abs(result["mean_error"]) < 0.3), result
+    assert np.all((np.array(result["sd_ratio"]) > 0.8) & (np.array(result["sd_ratio"]) < 1.25))
+
+
+# ------------------------------------------------------------------ ArviZ and NumPyro integration
+
+
+@pytest.fixture(scope="module")
+def short_run(blr):
+    return run_blr(blr, num_warmup=200, num_samples=100)
+
+
+def test_arviz_log_likelihood_covers_all_data(short_run):
+    idata = az.from_numpyro(short_run)
+    assert idata.log_likelihood["obs"].shape == (NUM_CHAINS, 100, BLR_N)
+    assert idata.observed_data["obs"].shape == (BLR_N,)
+    assert idata.posterior["beta"].shape == (NUM_CHAINS, 100, 6)
+    for name in ("step_size", "energy_change", "diverging", "lp", "L"):
+        assert name in idata.sample_stats, name
+    assert "energy" not in idata.sample_stats  # would feed ArviZ's HMC-only BFMI
+    summary = az.summary(idata, var_names=["beta"])
+    assert list(summary.index)[0] == "beta[0]" and np.isfinite(summary["mean"]).all()
+
+
+def test_print_summary_and_diagnostics(short_run, capsys):
+    short_run.print_summary()
+    out = capsys.readouterr().out
+    assert "beta[0]" in out and "Number of divergences" in out
+    text = short_run.sampler.get_diagnostics_str(short_run.last_state)
+    assert text.startswith("step size ") and text.endswith("resets")
+
+
+def test_kernel_model_is_full_data_view(short_run, blr):
+    from numpyro.infer import Predictive
+
+    predictive = Predictive(short_run.sampler.model, short_run.get_samples())
+    draws = predictive(jax.random.key(0), blr.X, subsample_size=BATCH)
+    assert draws["obs"].shape == (NUM_CHAINS * 100, BLR_N)
+    assert short_run.sampler.subsample_plates == {"N": (BLR_N, BATCH)}
+
+
+def test_resume_from_post_warmup_state(blr):
+    """warmup() then run() continues the chain with the tuner state; adaptation stays frozen."""
+    mcmc = MCMC(
+        SMILE(linear_regression), num_warmup=300, num_samples=50, num_chains=2,
+        chain_method="vectorized", progress_bar=False,
+    )
+    args = (blr.X, blr.y)
+    mcmc.warmup(jax.random.key(0), *args, subsample_size=BATCH, init_params=blr.dispersed_init(2))
+    warm = mcmc.post_warmup_state
+    assert int(warm.i[0]) == 300 and warm.energy_tuner.count[0] == 301
+    mcmc.run(jax.random.key(1), *args, subsample_size=BATCH)
+    steps = mcmc.get_extra_fields()["step_size"].reshape(2, 50)
+    np.testing.assert_allclose(steps, np.broadcast_to(warm.step_size[:, None], (2, 50)))
+    assert int(mcmc.last_state.i[0]) == 350
+
+
+def test_adaptation_during_sampling_is_optional(blr):
+    mcmc = run_blr(blr, num_warmup=100, num_samples=400, num_chains=2, adapt_during_sampling=True)
+    steps = mcmc.get_extra_fields(group_by_chain=True)["step_size"]
+    assert np.unique(np.asarray(steps[0])).size > 1
+
+
+def test_sampling_loop_is_traced_once_per_run(blr, monkeypatch):
+    """The per-chain step is traced exactly once per MCMC.run, whatever the number of steps."""
+    traces = []
+    original = kernel_module._chain_step
+
+    def counting_step(*args, **kwargs):
+        traces.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernel_module, "_chain_step", counting_step)
+    for num_samples in (20, 200):
+        traces.clear()
+        run_blr(blr, num_warmup=50, num_samples=num_samples, num_chains=2)
+        assert len(traces) == 1
+
+
+def test_full_batch_mode_tunes_L_and_step_size():
+    mcmc = run_gaussian(num_samples=200)
+    stats = mcmc.get_extra_fields(group_by_chain=True)
+    L, step = np.asarray(stats["L"][:, -1]), np.asarray(stats["step_size"][:, -1])
+    assert np.all(np.isfinite(L)) and np.all(L > 0) and np.all(step > 0)
+    assert np.all(L != np.sqrt(GAUSS_DIM))  # moved away from the initial value by phase III
+    # Frozen after warmup: every sampling step uses the tuned values.
+    assert np.all(np.asarray(stats["step_size"]) == step[:, None])
+
+
+# ------------------------------------------------------------------ guardrails under stress
+
+
+def funnel_potential(z):
+    """Neal's funnel, d = 10: v ~ N(0, 3^2), x_i | v ~ N(0, exp(v))."""
+    v, x = z["v"], z["x"]
+    return 0.5 * v**2 / 9 + 0.5 * jnp.sum(x**2) * jnp.exp(-v) + 0.5 * x.shape[0] * v
+
+
+@pytest.mark.parametrize("adapt", [False, True])
+def test_funnel_with_huge_step_never_returns_non_finite_draws(adapt):
+    """Step size 100x too large on a funnel: every non-finite step is reverted and counted."""
+    mcmc = MCMC(
+        SMILE(potential_fn=funnel_potential, step_size=100.0, L=1.0, adapt=adapt),
+        num_warmup=300, num_samples=500, num_chains=2, chain_method="vectorized",
+        progress_bar=False,
+    )
+    init = {"v": jnp.zeros(2), "x": jnp.ones((2, 9))}
+    mcmc.run(jax.random.key(3), init_params=init)
+    samples, stats = mcmc.get_samples(), mcmc.get_extra_fields()
+    assert all(np.isfinite(np.asarray(v)).all() for v in samples.values())
+    assert np.isfinite(np.asarray(stats["potential_energy"])).all()
+    assert np.isfinite(np.asarray(stats["energy_change"])).all()
+    # Resets are counted over the whole run (warmup included); with adaptation the tuner
+    # shrinks the step during warmup, without it the sampling draws keep hitting the guardrail.
+    assert int(np.sum(mcmc.last_state.num_resets)) >= int(np.sum(stats["diverging"]))
+    assert int(np.sum(mcmc.last_state.num_resets)) > 0
+    if not adapt:
+        assert int(np.sum(stats["diverging"])) > 0
+
+
+def test_minibatch_step_100x_too_large_is_contained(blr):
+    mcmc = run_blr(blr, num_warmup=300, num_samples=300, num_chains=2, step_size=0.05)
+    beta, stats = np.asarray(mcmc.get_samples()["beta"]), mcmc.get_extra_fields()
+    assert np.isfinite(beta).all() and np.isfinite(np.asarray(stats["potential_energy"])).all()
+    assert int(np.sum(stats["diverging"])) > 0
+
+
+# ------------------------------------------------------------------ clear errors
+
+
+def test_model_xor_potential_fn():
+    with pytest.raises(ValueError, match="exactly one of `model`.*got both"):
+        SMILE(linear_regression, potential_fn=gaussian_potential)
+    with pytest.raises(ValueError, match="got neither"):
+        SMILE()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"step_size": -1.0}, "step_size must be a positive"),
+        ({"step_size": 0.0}, "step_size must be a positive"),
+        ({"L": 0.0}, "L must be positive"),
+        ({"adapt": False}, "adapt=False needs an explicit step_size"),
+        ({"integrator": "yoshida"}, "integrator must be one of"),
+        ({"batch_schedule": "random"}, "batch_schedule must be one of"),
+        ({"reset_quantile": 1.5}, "reset_quantile must be in"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SMILE(linear_regression, **kwargs)
+
+
+def test_bad_model_inputs_raise_at_run(blr):
+    mcmc = MCMC(SMILE(linear_regression), num_warmup=5, num_samples=5, progress_bar=False)
+    with pytest.raises(ModelError, match=r"larger than the data"):
+        mcmc.run(jax.random.key(0), blr.X, blr.y, subsample_size=BLR_N + 1)
+    with pytest.raises(ValueError, match=r"model_args\[1\] contains 1 non-finite"):
+        mcmc.run(jax.random.key(0), blr.X, blr.y.at[5].set(jnp.nan), subsample_size=BATCH)
+    with pytest.raises(ValueError, match="init_params must be a dict .* latent sites \\['beta'\\]"):
+        mcmc.run(jax.random.key(0), blr.X, blr.y, subsample_size=BATCH, init_params={"b": jnp.zeros(6)})
+    with pytest.raises(ValueError, match=r"init_params\['beta'\] has shape \(3,\), expected \(6,\)"):
+        mcmc.run(jax.random.key(0), blr.X, blr.y, subsample_size=BATCH, init_params={"beta": jnp.zeros(3)})
+
+
+def test_potential_fn_needs_init_params_and_two_dimensions():
+    mcmc = MCMC(SMILE(potential_fn=gaussian_potential), num_warmup=5, num_samples=5, progress_bar=False)
+    with pytest.raises(ValueError, match="needs init_params"):
+        mcmc.run(jax.random.key(0))
+    mcmc = MCMC(SMILE(potential_fn=lambda z: z["x"] ** 2), num_warmup=5, num_samples=5, progress_bar=False)
+    with pytest.raises(ValueError, match="at least 2 latent dimensions"):
+        mcmc.run(jax.random.key(0), init_params={"x": jnp.array(1.0)})
+
+
+def test_minibatch_potential_fn(blr):
+    """``potential_fn(z, batch_indices)`` with data_size / subsample_size: SMILE without a model."""
+    X, y = blr.X, blr.y
+
+    def potential(z, idx):
+        resid = y[idx] - X[idx] @ z["beta"]
+        return 0.5 * BLR_N / idx.shape[0] * jnp.sum(resid**2) + 0.5 * jnp.sum(z["beta"] ** 2) / 100
+
+    mcmc = MCMC(
+        SMILE(potential_fn=potential, data_size=BLR_N, subsample_size=BATCH),
+        num_warmup=1000, num_samples=4000, num_chains=4, chain_method="vectorized", progress_bar=False,
+    )
+    mcmc.run(jax.random.key(0), init_params=blr.dispersed_init(4))
+    beta = np.asarray(mcmc.get_samples()["beta"], np.float64)
+    # Pooled ESS ~100 here: the mean's Monte Carlo error is ~0.1 sd, so allow 0.5 sd.
+    assert np.all(np.abs(beta.mean(0) - blr.mean) / blr.sd < 0.5)
