@@ -3,5 +3,5 @@
 from numpyro_smile.kernel import SMILE, SMILEState
 from numpyro_smile.minibatch import ModelError
 
-__all__ = ["SMILE", "SMILEState", "ModelError"]
+__all__ = ["SMILE", "ModelError", "SMILEState"]
 __version__ = "0.1.0"

@@ -67,8 +67,12 @@ def run(num_warmup: int = 2000, num_samples: int = 4000, out_dir: str = "outputs
 
     print(f"Diabetes data: N={X.shape[0]}, {X.shape[1]} features; SMILE batch size {BATCH_SIZE}")
     smile = MCMC(
-        SMILE(linear_regression), num_warmup=num_warmup, num_samples=num_samples,
-        num_chains=NUM_CHAINS, chain_method="vectorized", progress_bar=_interactive(),
+        SMILE(linear_regression),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=NUM_CHAINS,
+        chain_method="vectorized",
+        progress_bar=_interactive(),
     )
     start = time.perf_counter()
     smile.run(key_smile, X, y, subsample_size=BATCH_SIZE)
@@ -78,8 +82,12 @@ def run(num_warmup: int = 2000, num_samples: int = 4000, out_dir: str = "outputs
     smile.print_summary(exclude_deterministic=True)
 
     nuts = MCMC(
-        NUTS(linear_regression), num_warmup=1000, num_samples=1000,
-        num_chains=NUM_CHAINS, chain_method="vectorized", progress_bar=_interactive(),
+        NUTS(linear_regression),
+        num_warmup=1000,
+        num_samples=1000,
+        num_chains=NUM_CHAINS,
+        chain_method="vectorized",
+        progress_bar=_interactive(),
     )
     start = time.perf_counter()
     nuts.run(key_nuts, X, y)
@@ -91,7 +99,12 @@ def run(num_warmup: int = 2000, num_samples: int = 4000, out_dir: str = "outputs
     _print_comparison(smile_samples, nuts_samples, names, smile_time, nuts_time)
     path = _plot(smile_samples, nuts_samples, names, Path(out_dir))
     print(f"\nWrote {path}")
-    return {"smile": smile_samples, "nuts": nuts_samples, "smile_s": smile_time, "nuts_s": nuts_time}
+    return {
+        "smile": smile_samples,
+        "nuts": nuts_samples,
+        "smile_s": smile_time,
+        "nuts_s": nuts_time,
+    }
 
 
 def _interactive() -> bool:

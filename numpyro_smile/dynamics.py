@@ -27,10 +27,10 @@ __all__ = [
     "MCLACHLAN_B1",
     "IntegratorState",
     "esh_velocity_update",
-    "position_update",
     "isokinetic_step",
-    "partial_refresh",
     "mclmc_step",
+    "partial_refresh",
+    "position_update",
     "random_unit_vector",
 ]
 
@@ -173,6 +173,7 @@ def mclmc_step(
     L: Array,
     scale: Array | float = 1.0,
     coefficients: Sequence[float] = INTEGRATORS["mclachlan"],
+    refresh: bool = True,
 ) -> tuple[IntegratorState, Array, Array]:
     """One MCLMC step: half refresh, one integrator step, half refresh.
 
@@ -186,18 +187,22 @@ def mclmc_step(
             allowed, in which case both evaluations of the step use the same batch.
         step_size: epsilon. L: decoherence length (``inf`` = no refresh).
         scale: diagonal preconditioner s. coefficients: see :data:`INTEGRATORS`.
+        refresh: static switch; False skips both refreshes (and their random draws), which is
+            what ``L = inf`` does, without paying for the draws.
 
     Returns:
         ``(new_state, kinetic_change, energy_change)`` where
         energy_change = kinetic_change - log p(x_new) + log p(x_old).
     """
     key_before, key_after = jax.random.split(rng_key)
-    state = state._replace(momentum=partial_refresh(state.momentum, key_before, step_size / 2, L))
+    if refresh:
+        momentum = partial_refresh(state.momentum, key_before, step_size / 2, L)
+        state = state._replace(momentum=momentum)
     new_state, kinetic_change = isokinetic_step(
         state, logdensity_and_grad_fn, step_size, scale, coefficients
     )
-    new_state = new_state._replace(
-        momentum=partial_refresh(new_state.momentum, key_after, step_size / 2, L)
-    )
+    if refresh:
+        momentum = partial_refresh(new_state.momentum, key_after, step_size / 2, L)
+        new_state = new_state._replace(momentum=momentum)
     energy_change = kinetic_change - new_state.logdensity + state.logdensity
     return new_state, kinetic_change, energy_change

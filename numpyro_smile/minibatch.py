@@ -7,13 +7,15 @@ plate's log-likelihood by N / B and counts the prior once, which is the unbiased
 potential. Feeding ``arange(N)`` instead gives the full-data potential (scale 1), which is also
 what :func:`full_data_model` does for ArviZ and ``Predictive``.
 
-Batch indices cost O(B) per step: ``"epoch"`` walks a per-chain random permutation that is
-redrawn once per epoch (O(N) once every N / B steps); ``"with_replacement"`` draws B uniform
-indices. ``random.choice(replace=False)`` per step (O(N) each step) is never used.
+Batch indices cost O(B) per step: ``"epoch"`` walks a per-chain, per-epoch keyed
+pseudo-random permutation evaluated only at the B positions needed (no O(N) state or work);
+``"with_replacement"`` draws B uniform indices. ``random.choice(replace=False)`` per step
+(O(N) each step) is never used.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -25,20 +27,19 @@ from numpyro import handlers
 from numpyro.primitives import Messenger
 
 __all__ = [
-    "SUBSAMPLE_KWARG",
     "BATCH_SCHEDULES",
-    "PlateInfo",
-    "ModelError",
-    "inspect_model",
-    "check_finite_data",
-    "subsample_model",
-    "full_data_model",
-    "full_data_indices",
+    "SUBSAMPLE_KWARG",
     "EpochBatchState",
+    "ModelError",
+    "PlateInfo",
     "batch_schedule_init",
     "batch_schedule_next",
-    "take_batch",
-    "epoch_is_over",
+    "check_finite_data",
+    "full_data_indices",
+    "full_data_model",
+    "inspect_model",
+    "keyed_permutation",
+    "subsample_model",
 ]
 
 #: Reserved model keyword through which the kernel passes ``{plate_name: indices}``.
@@ -196,7 +197,9 @@ def full_data_model(model: Callable, plates: dict[str, PlateInfo]) -> Callable:
     """
 
     def model_on_full_data(*args, **kwargs):
-        return subsample_model(model, *args, **{**kwargs, SUBSAMPLE_KWARG: full_data_indices(plates)})
+        return subsample_model(
+            model, *args, **{**kwargs, SUBSAMPLE_KWARG: full_data_indices(plates)}
+        )
 
     model_on_full_data.__name__ = getattr(model, "__name__", "model") + "_full_data"
     model_on_full_data.__wrapped__ = model
@@ -204,10 +207,54 @@ def full_data_model(model: Callable, plates: dict[str, PlateInfo]) -> Callable:
 
 
 class EpochBatchState(NamedTuple):
-    """Per-chain epoch schedule: a permutation of the N indices and the next offset."""
+    """Per-chain epoch schedule: a key and the number of batches drawn so far.
 
-    permutation: jax.Array
-    offset: jax.Array
+    Epoch e visits the data in the order of a keyed pseudo-random permutation pi_e of
+    {0, ..., N - 1}; batch k of the epoch is pi_e(kB), ..., pi_e(kB + B - 1). The permutation is
+    never stored: pi_e is a 4-round Feistel network, evaluated on the B positions only, so
+    each batch costs O(B) time and the schedule O(1) memory, whatever N is.
+    """
+
+    key: jax.Array
+    count: jax.Array
+
+
+_FEISTEL_ROUNDS = 4
+
+
+def _mix(x: jax.Array, key: jax.Array) -> jax.Array:
+    """A keyed 32-bit integer hash (the 'lowbias32' finaliser), the Feistel round function."""
+    x = x ^ key
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keyed_permutation(positions: jax.Array, rng_key: jax.Array, size: int) -> jax.Array:
+    """pi(positions) for the pseudo-random permutation of {0, ..., size - 1} keyed by ``rng_key``.
+
+    A balanced Feistel network permutes {0, ..., 4^h - 1} (the smallest such range holding
+    ``size``); "cycle walking" re-applies it to values that land outside {0, ..., size - 1},
+    which keeps it a bijection of the smaller set. Expected passes: at most 4, usually 1-2.
+    """
+    half_bits = max(1, math.ceil(math.log2(max(size, 2)) / 2))
+    mask = jnp.uint32((1 << half_bits) - 1)
+    round_keys = jax.random.bits(rng_key, (_FEISTEL_ROUNDS,), jnp.uint32)
+
+    def feistel(x):
+        left, right = x >> half_bits, x & mask
+        for r in range(_FEISTEL_ROUNDS):
+            left, right = right, left ^ (_mix(right, round_keys[r]) & mask)
+        return (left << half_bits) | right
+
+    def walk(x):
+        return jnp.where(x >= size, feistel(x), x)
+
+    x = feistel(positions.astype(jnp.uint32))
+    x = jax.lax.while_loop(lambda x: jnp.any(x >= size), walk, x)
+    return x.astype(jnp.int32)
 
 
 def batch_schedule_init(
@@ -216,19 +263,7 @@ def batch_schedule_init(
     """Initial schedule state of one plate (``None`` for ``"with_replacement"``)."""
     if schedule == "with_replacement":
         return None
-    permutation = jax.random.permutation(rng_key, plate.size).astype(jnp.int32)
-    return EpochBatchState(permutation, jnp.zeros((), jnp.int32))
-
-
-def take_batch(state: EpochBatchState, plate: PlateInfo) -> tuple[EpochBatchState, jax.Array]:
-    """Slice the next ``(B,)`` indices off the permutation (the epoch must have room left)."""
-    indices = jax.lax.dynamic_slice(state.permutation, (state.offset,), (plate.subsample_size,))
-    return EpochBatchState(state.permutation, state.offset + plate.subsample_size), indices
-
-
-def epoch_is_over(state: EpochBatchState, plate: PlateInfo) -> jax.Array:
-    """True when fewer than B unused indices are left (the last N mod B points are skipped)."""
-    return state.offset + plate.subsample_size > plate.size
+    return EpochBatchState(rng_key, jnp.zeros((), jnp.int32))
 
 
 def batch_schedule_next(
@@ -236,16 +271,16 @@ def batch_schedule_next(
 ) -> tuple[EpochBatchState | None, jax.Array]:
     """The next ``(B,)`` batch of indices of one chain and the advanced schedule state.
 
-    ``"epoch"`` (a state is given): consecutive slices of the permutation, and a fresh
-    permutation once the epoch is over. ``"with_replacement"`` (``state is None``): B uniform
-    draws.
+    ``"epoch"`` (a state is given): batches walk a fresh keyed permutation each epoch, without
+    replacement; the last N mod B positions of every epoch are skipped. ``"with_replacement"``
+    (``state is None``): B uniform draws from ``rng_key``.
     """
+    batch_size = plate.subsample_size
     if state is None:
-        indices = jax.random.randint(rng_key, (plate.subsample_size,), 0, plate.size, jnp.int32)
+        indices = jax.random.randint(rng_key, (batch_size,), 0, plate.size, jnp.int32)
         return None, indices
-    state = jax.lax.cond(
-        epoch_is_over(state, plate),
-        lambda: batch_schedule_init(rng_key, plate, "epoch"),
-        lambda: state,
-    )
-    return take_batch(state, plate)
+    batches_per_epoch = plate.size // batch_size
+    epoch = state.count // batches_per_epoch
+    positions = (state.count % batches_per_epoch) * batch_size + jnp.arange(batch_size)
+    indices = keyed_permutation(positions, jax.random.fold_in(state.key, epoch), plate.size)
+    return EpochBatchState(state.key, state.count + 1), indices

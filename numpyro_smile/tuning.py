@@ -28,21 +28,21 @@ import jax.numpy as jnp
 __all__ = [
     "EnergyTunerConfig",
     "EnergyTunerState",
-    "energy_tuner_init",
-    "energy_tuner_update",
     "GradientNoiseState",
-    "gradient_noise_init",
-    "gradient_noise_update",
-    "gradient_noise_scale",
-    "noise_limited_step_size",
     "MCLMCTunerConfig",
     "MCLMCTunerState",
+    "effective_sample_size",
+    "energy_tuner_init",
+    "energy_tuner_update",
+    "gradient_noise_init",
+    "gradient_noise_scale",
+    "gradient_noise_update",
+    "mclmc_tuner_L_from_trace",
     "mclmc_tuner_config",
     "mclmc_tuner_init",
-    "mclmc_tuner_update",
     "mclmc_tuner_is_last_phase3_step",
-    "mclmc_tuner_L_from_trace",
-    "effective_sample_size",
+    "mclmc_tuner_update",
+    "noise_limited_step_size",
 ]
 
 Array = jax.Array
@@ -153,10 +153,14 @@ def energy_tuner_update(
         state.abs_mean, state.abs_std, _normal_quantile(config.reset_quantile)
     )
     upper = _gamma_quantile(
-        state.abs_mean, state.abs_std, _normal_quantile(1 - config.shrink_share * config.adapt_tail_prob)
+        state.abs_mean,
+        state.abs_std,
+        _normal_quantile(1 - config.shrink_share * config.adapt_tail_prob),
     )
     lower = _gamma_quantile(
-        state.abs_mean, state.abs_std, _normal_quantile((1 - config.shrink_share) * config.adapt_tail_prob)
+        state.abs_mean,
+        state.abs_std,
+        _normal_quantile((1 - config.shrink_share) * config.adapt_tail_prob),
     )
     past_burn_in = t >= config.burn_in
     reset = ((error > reset_threshold) & past_burn_in) | ~finite

@@ -15,14 +15,16 @@ import pytest
 numpyro.set_host_device_count(1)
 
 #: UCI data directory for tests that read real data (not copied into the project).
-DATA_DIR = Path(os.environ.get("SMILE_DATA_DIR", Path(__file__).parents[1] / ".." / "shared" / "data"))
+DATA_DIR = Path(
+    os.environ.get("SMILE_DATA_DIR", Path(__file__).parents[1] / ".." / "shared" / "data")
+)
 
 BLR_N, BLR_D = 10_000, 5
 BLR_NOISE_SD, BLR_PRIOR_SD = 1.0, 10.0
 
 
 def linear_regression(X, y=None, subsample_size=None):
-    """Bayesian linear regression with a known noise sd; the likelihood sits in a subsample plate."""
+    """Bayesian linear regression, known noise sd; the likelihood sits in a subsample plate."""
     beta = numpyro.sample("beta", dist.Normal(0, BLR_PRIOR_SD).expand([X.shape[1]]).to_event(1))
     with numpyro.plate("N", X.shape[0], subsample_size=subsample_size):
         xb = numpyro.subsample(X, event_dim=1)

@@ -74,7 +74,12 @@ def test_mclmc_step_matches_blackjax(start, name, blackjax_integrator, precondit
 
     refresh_key = jax.random.split(key, 3)[0]
     new, kinetic, energy = dynamics.mclmc_step(
-        start, refresh_key, jax.value_and_grad(logdensity), step_size, L, scale,
+        start,
+        refresh_key,
+        jax.value_and_grad(logdensity),
+        step_size,
+        L,
+        scale,
         dynamics.INTEGRATORS[name],
     )
     for ours, theirs in zip(new, bj_new):

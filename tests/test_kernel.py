@@ -14,8 +14,6 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pytest
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC
@@ -23,7 +21,7 @@ from numpyro.infer import MCMC
 import numpyro_smile.kernel as kernel_module
 from numpyro_smile import SMILE, ModelError
 
-from .conftest import BLR_N, LinearRegressionProblem, linear_regression
+from .conftest import BLR_N, linear_regression
 
 BATCH = 256
 NUM_CHAINS = 4
@@ -43,8 +41,11 @@ def gaussian_potential(z):
 def run_gaussian(num_samples=4000, **kernel_kwargs):
     mcmc = MCMC(
         SMILE(potential_fn=gaussian_potential, **kernel_kwargs),
-        num_warmup=2000, num_samples=num_samples, num_chains=NUM_CHAINS,
-        chain_method="vectorized", progress_bar=False,
+        num_warmup=2000,
+        num_samples=num_samples,
+        num_chains=NUM_CHAINS,
+        chain_method="vectorized",
+        progress_bar=False,
     )
     init = {"x": jax.random.normal(jax.random.key(1), (NUM_CHAINS, GAUSS_DIM))}
     mcmc.run(jax.random.key(0), init_params=init)
@@ -100,11 +101,23 @@ def test_gaussian_default_mile_schedule_trades_little_bias():
 # ------------------------------------------------------------------ Bayesian linear regression
 
 
-def run_blr(problem, *, num_warmup=2000, num_samples=8000, num_chains=NUM_CHAINS,
-            chain_method="vectorized", seed=0, **kernel_kwargs):
+def run_blr(
+    problem,
+    *,
+    num_warmup=2000,
+    num_samples=8000,
+    num_chains=NUM_CHAINS,
+    chain_method="vectorized",
+    seed=0,
+    **kernel_kwargs,
+):
     mcmc = MCMC(
-        SMILE(linear_regression, **kernel_kwargs), num_warmup=num_warmup, num_samples=num_samples,
-        num_chains=num_chains, chain_method=chain_method, progress_bar=False,
+        SMILE(linear_regression, **kernel_kwargs),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method=chain_method,
+        progress_bar=False,
     )
     init = problem.dispersed_init(num_chains)
     if num_chains == 1:
@@ -199,7 +212,7 @@ def test_arviz_log_likelihood_covers_all_data(short_run):
         assert name in idata.sample_stats, name
     assert "energy" not in idata.sample_stats  # would feed ArviZ's HMC-only BFMI
     summary = az.summary(idata, var_names=["beta"])
-    assert list(summary.index)[0] == "beta[0]" and np.isfinite(summary["mean"]).all()
+    assert summary.index[0] == "beta[0]" and np.isfinite(summary["mean"]).all()
 
 
 def test_print_summary_and_diagnostics(short_run, capsys):
@@ -222,8 +235,12 @@ def test_kernel_model_is_full_data_view(short_run, blr):
 def test_resume_from_post_warmup_state(blr):
     """warmup() then run() continues the chain with the tuner state; adaptation stays frozen."""
     mcmc = MCMC(
-        SMILE(linear_regression), num_warmup=300, num_samples=50, num_chains=2,
-        chain_method="vectorized", progress_bar=False,
+        SMILE(linear_regression),
+        num_warmup=300,
+        num_samples=50,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
     )
     args = (blr.X, blr.y)
     mcmc.warmup(jax.random.key(0), *args, subsample_size=BATCH, init_params=blr.dispersed_init(2))
@@ -281,7 +298,10 @@ def test_funnel_with_huge_step_never_returns_non_finite_draws(adapt):
     """Step size 100x too large on a funnel: every non-finite step is reverted and counted."""
     mcmc = MCMC(
         SMILE(potential_fn=funnel_potential, step_size=100.0, L=1.0, adapt=adapt),
-        num_warmup=300, num_samples=500, num_chains=2, chain_method="vectorized",
+        num_warmup=300,
+        num_samples=500,
+        num_chains=2,
+        chain_method="vectorized",
         progress_bar=False,
     )
     init = {"v": jnp.zeros(2), "x": jnp.ones((2, 9))}
@@ -309,7 +329,7 @@ def test_minibatch_step_100x_too_large_is_contained(blr):
 
 
 def test_model_xor_potential_fn():
-    with pytest.raises(ValueError, match="exactly one of `model`.*got both"):
+    with pytest.raises(ValueError, match=r"exactly one of `model`.*got both"):
         SMILE(linear_regression, potential_fn=gaussian_potential)
     with pytest.raises(ValueError, match="got neither"):
         SMILE()
@@ -338,17 +358,31 @@ def test_bad_model_inputs_raise_at_run(blr):
         mcmc.run(jax.random.key(0), blr.X, blr.y, subsample_size=BLR_N + 1)
     with pytest.raises(ValueError, match=r"model_args\[1\] contains 1 non-finite"):
         mcmc.run(jax.random.key(0), blr.X, blr.y.at[5].set(jnp.nan), subsample_size=BATCH)
-    with pytest.raises(ValueError, match="init_params must be a dict .* latent sites \\['beta'\\]"):
-        mcmc.run(jax.random.key(0), blr.X, blr.y, subsample_size=BATCH, init_params={"b": jnp.zeros(6)})
-    with pytest.raises(ValueError, match=r"init_params\['beta'\] has shape \(3,\), expected \(6,\)"):
-        mcmc.run(jax.random.key(0), blr.X, blr.y, subsample_size=BATCH, init_params={"beta": jnp.zeros(3)})
+    with pytest.raises(ValueError, match=r"init_params must be a dict .* latent sites \['beta'\]"):
+        mcmc.run(
+            jax.random.key(0), blr.X, blr.y, subsample_size=BATCH, init_params={"b": jnp.zeros(6)}
+        )
+    with pytest.raises(
+        ValueError, match=r"init_params\['beta'\] has shape \(3,\), expected \(6,\)"
+    ):
+        mcmc.run(
+            jax.random.key(0),
+            blr.X,
+            blr.y,
+            subsample_size=BATCH,
+            init_params={"beta": jnp.zeros(3)},
+        )
 
 
 def test_potential_fn_needs_init_params_and_two_dimensions():
-    mcmc = MCMC(SMILE(potential_fn=gaussian_potential), num_warmup=5, num_samples=5, progress_bar=False)
+    mcmc = MCMC(
+        SMILE(potential_fn=gaussian_potential), num_warmup=5, num_samples=5, progress_bar=False
+    )
     with pytest.raises(ValueError, match="needs init_params"):
         mcmc.run(jax.random.key(0))
-    mcmc = MCMC(SMILE(potential_fn=lambda z: z["x"] ** 2), num_warmup=5, num_samples=5, progress_bar=False)
+    mcmc = MCMC(
+        SMILE(potential_fn=lambda z: z["x"] ** 2), num_warmup=5, num_samples=5, progress_bar=False
+    )
     with pytest.raises(ValueError, match="at least 2 latent dimensions"):
         mcmc.run(jax.random.key(0), init_params={"x": jnp.array(1.0)})
 
@@ -363,7 +397,11 @@ def test_minibatch_potential_fn(blr):
 
     mcmc = MCMC(
         SMILE(potential_fn=potential, data_size=BLR_N, subsample_size=BATCH),
-        num_warmup=1000, num_samples=4000, num_chains=4, chain_method="vectorized", progress_bar=False,
+        num_warmup=1000,
+        num_samples=4000,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
     )
     mcmc.run(jax.random.key(0), init_params=blr.dispersed_init(4))
     beta = np.asarray(mcmc.get_samples()["beta"], np.float64)

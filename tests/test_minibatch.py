@@ -19,7 +19,9 @@ from .conftest import linear_regression
 
 def small_data(n=1000, d=3, seed=0):
     rng = np.random.default_rng(seed)
-    return jnp.asarray(rng.normal(size=(n, d)), jnp.float32), jnp.asarray(rng.normal(size=n), jnp.float32)
+    return jnp.asarray(rng.normal(size=(n, d)), jnp.float32), jnp.asarray(
+        rng.normal(size=n), jnp.float32
+    )
 
 
 def test_inspect_finds_subsample_plate():
@@ -94,10 +96,12 @@ def test_with_replacement_schedule_is_uniform():
     _, idx = minibatch.batch_schedule_next(None, jax.random.key(0), plate)
     assert idx.shape == (5,)
     counts = np.bincount(
-        np.concatenate([
-            np.asarray(minibatch.batch_schedule_next(None, k, plate)[1])
-            for k in jax.random.split(jax.random.key(1), 2000)
-        ]),
+        np.concatenate(
+            [
+                np.asarray(minibatch.batch_schedule_next(None, k, plate)[1])
+                for k in jax.random.split(jax.random.key(1), 2000)
+            ]
+        ),
         minlength=10,
     )
     # 10,000 draws over 10 cells: each count is 1000 +- 30 (sd); allow 5 sd.
@@ -110,7 +114,11 @@ def test_minibatch_potential_is_unbiased_over_an_epoch():
     X, y = small_data(n=1000)
     model = lambda X, y, **kw: minibatch.subsample_model(linear_regression, X, y, **kw)  # noqa: E731
     info = initialize_model(
-        jax.random.key(0), model, dynamic_args=True, model_args=(X, y), model_kwargs={"subsample_size": 100}
+        jax.random.key(0),
+        model,
+        dynamic_args=True,
+        model_args=(X, y),
+        model_kwargs={"subsample_size": 100},
     )
     z = {"beta": jnp.array([0.3, -0.2, 0.1])}
     kwargs = {"subsample_size": 100}
@@ -132,3 +140,25 @@ def test_full_data_model_gives_pointwise_log_likelihood_over_all_points():
     ll = log_likelihood(view, samples, X, y, subsample_size=50)
     assert ll["obs"].shape == (7, 500)
     np.testing.assert_allclose(ll["obs"][0], dist.Normal(0, 1).log_prob(y), rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [2, 3, 17, 256, 1003, 65_537])
+def test_keyed_permutation_is_a_bijection(size):
+    """The Feistel permutation (cycle walking) maps {0..N-1} onto itself; keys differ."""
+    positions = jnp.arange(size)
+    first = np.asarray(minibatch.keyed_permutation(positions, jax.random.key(0), size))
+    second = np.asarray(minibatch.keyed_permutation(positions, jax.random.key(1), size))
+    np.testing.assert_array_equal(np.sort(first), np.arange(size))
+    np.testing.assert_array_equal(np.sort(second), np.arange(size))
+    if size > 3:
+        assert not np.array_equal(first, second)
+
+
+def test_keyed_permutation_looks_random():
+    """Neighbouring positions land far apart: the mean |pi(i+1) - pi(i)| of a uniform random
+    permutation of N is ~N/3; a structured map (e.g. affine) would give a constant."""
+    size = 10_000
+    perm = np.asarray(minibatch.keyed_permutation(jnp.arange(size), jax.random.key(3), size))
+    gaps = np.abs(np.diff(perm))
+    assert 0.3 * size < gaps.mean() < 0.37 * size
+    assert len(np.unique(gaps)) > size // 4

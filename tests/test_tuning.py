@@ -82,7 +82,9 @@ def test_gradient_noise_ema_estimates_std_and_equalises_noise():
     sigma = jnp.array([0.1, 1.0, 10.0, 100.0, 3.0])
     grads = 2.0 + sigma * jax.random.normal(jax.random.key(0), (5000, dim))
     state, _ = jax.lax.scan(
-        lambda s, g: (tuning.gradient_noise_update(s, g), None), tuning.gradient_noise_init(dim), grads
+        lambda s, g: (tuning.gradient_noise_update(s, g), None),
+        tuning.gradient_noise_init(dim),
+        grads,
     )
     # EMA with rate 0.01 averages ~200 effective draws: relative sd of the std ~ 5 percent.
     np.testing.assert_allclose(state.std, sigma, rtol=0.2)

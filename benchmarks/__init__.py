@@ -1,0 +1,1 @@
+"""Benchmarks of numpyro-smile (run as modules: ``python -m benchmarks.<name>``)."""

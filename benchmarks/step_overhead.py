@@ -1,0 +1,185 @@
+"""Step overhead: one SMILE step vs the two raw mini-batch value-and-gradient evaluations it wraps.
+
+Model: Bayesian MLP regression 10-32-32-1 (1,441 weights, N(0, 1) priors, Gaussian likelihood
+with learned noise) on N = 100,000 synthetic points, mini-batches of B = 256, 4 chains
+vectorized. Measured side by side in one process, each loop compiled once and then timed:
+
+* ``raw``: a ``lax.fori_loop`` doing, per step and per chain, what a McLachlan step must do at
+  the very least: draw B batch indices and evaluate the mini-batch potential and its gradient
+  twice (through the same NumPyro potential as the kernel, so the model cost is identical);
+* ``smile``: a ``lax.fori_loop`` of ``SMILE.sample`` (pSMILE, tuner on: the default);
+* ``mcmc``: ``numpyro.infer.MCMC(SMILE(model)).run`` end to end (what a user runs).
+
+Reports the per-step ratio smile / raw (goal <= 1.15) and start-up (``init`` + compile of the
+sampling loop) over the raw loop's compile time (goal <= 2). Run::
+
+    python -m benchmarks.step_overhead [--steps 2000] [--repeats 5] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer import MCMC
+from numpyro.infer.util import initialize_model
+
+from numpyro_smile import SMILE
+from numpyro_smile import minibatch as mb
+
+N, D_IN, HIDDEN, BATCH, NUM_CHAINS = 100_000, 10, 32, 256, 4
+
+
+def mlp_regression(X, y=None, subsample_size=None):
+    """MLP 10-32-32-1 with N(0, 1) priors and a learned noise scale."""
+    sizes = [X.shape[1], HIDDEN, HIDDEN, 1]
+    weights = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        w = numpyro.sample(f"w{i}", dist.Normal(0, 1).expand([fan_in, fan_out]).to_event(2))
+        b = numpyro.sample(f"b{i}", dist.Normal(0, 1).expand([fan_out]).to_event(1))
+        weights.append((w, b))
+    log_sigma = numpyro.sample("log_sigma", dist.Normal(0, 1))
+    with numpyro.plate("data", X.shape[0], subsample_size=subsample_size):
+        h = numpyro.subsample(X, event_dim=1)
+        yb = numpyro.subsample(y, event_dim=0) if y is not None else None
+        for i, (w, b) in enumerate(weights):
+            h = h @ w + b
+            if i < len(weights) - 1:
+                h = jax.nn.relu(h)
+        numpyro.sample("y", dist.Normal(h[..., 0], jnp.exp(log_sigma)), obs=yb)
+
+
+def make_data(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N, D_IN)).astype(np.float32)
+    y = (np.sin(X[:, 0]) + 0.5 * X[:, 1] * X[:, 2] + 0.1 * rng.normal(size=N)).astype(np.float32)
+    return jnp.asarray(X), jnp.asarray(y)
+
+
+def _time(fn, *args, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls (after the first, compiling, call)."""
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def raw_loop(X, y, num_steps: int):
+    """The floor: per step, B random indices and 2 mini-batch value-and-grads per chain."""
+    kwargs = {"subsample_size": BATCH}
+    info = initialize_model(
+        jax.random.key(0),
+        partial(mb.subsample_model, mlp_regression),
+        dynamic_args=True,
+        model_args=(X, y),
+        model_kwargs=kwargs,
+    )
+    z0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (NUM_CHAINS, *a.shape)), info.param_info.z)
+
+    def potential(z, idx):
+        return info.potential_fn(X, y, **kwargs, **{mb.SUBSAMPLE_KWARG: {"data": idx}})(z)
+
+    value_and_grad = jax.vmap(jax.value_and_grad(potential))
+
+    @partial(jax.jit, static_argnums=2)
+    def run(z, key, num_steps):
+        def body(_, carry):
+            z, key, acc = carry
+            key, sub = jax.random.split(key)
+            idx = jax.random.randint(sub, (NUM_CHAINS, BATCH), 0, N)
+            for _ in range(2):  # McLachlan: two evaluations per step, on the same batch
+                value, grad = value_and_grad(z, idx)
+                z = jax.tree.map(lambda a, g: a - 1e-6 * g, z, grad)
+                acc = acc + value.sum()
+            return z, key, acc
+
+        return jax.lax.fori_loop(0, num_steps, body, (z, key, 0.0))
+
+    return run, z0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    X, y = make_data()
+    kwargs = {"subsample_size": BATCH}
+
+    # raw floor: compile time, then steady-state time per step
+    start = time.perf_counter()
+    run_raw, z0 = raw_loop(X, y, args.steps)
+    jax.block_until_ready(run_raw(z0, jax.random.key(1), args.steps))
+    raw_startup = time.perf_counter() - start
+    raw_step = _time(run_raw, z0, jax.random.key(1), args.steps, repeats=args.repeats) / args.steps
+
+    # SMILE kernel: init + compile of a jitted fori_loop over kernel.sample, then per step
+    kernel = SMILE(mlp_regression)
+    start = time.perf_counter()
+    state = kernel.init(jax.random.split(jax.random.key(2), NUM_CHAINS), 1000, None, (X, y), kwargs)
+
+    @partial(jax.jit, static_argnums=1)
+    def run_smile(state, num_steps):
+        return jax.lax.fori_loop(0, num_steps, lambda _, s: kernel.sample(s, (X, y), kwargs), state)
+
+    jax.block_until_ready(run_smile(state, args.steps))
+    smile_startup = time.perf_counter() - start
+    smile_step = _time(run_smile, state, args.steps, repeats=args.repeats) / args.steps
+
+    # The user path: MCMC.run (its own loop; NumPyro recompiles it on every run).
+    mcmc = MCMC(
+        SMILE(mlp_regression),
+        num_warmup=args.steps // 2,
+        num_samples=args.steps // 2,
+        num_chains=NUM_CHAINS,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    start = time.perf_counter()
+    mcmc.run(jax.random.key(3), X, y, **kwargs)
+    jax.block_until_ready(mcmc.get_samples())
+    mcmc_total = time.perf_counter() - start
+
+    results = {
+        "device": jax.devices()[0].device_kind,
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "numpyro": numpyro.__version__,
+        "model": "MLP 10-32-32-1, N=100000, B=256, 4 chains vectorized, float32",
+        "steps": args.steps,
+        "raw_step_ms": 1e3 * raw_step,
+        "smile_step_ms": 1e3 * smile_step,
+        "step_ratio": smile_step / raw_step,
+        "raw_startup_s": raw_startup,
+        "smile_startup_s": smile_startup,
+        "startup_ratio": smile_startup / raw_startup,
+        "mcmc_run_s": mcmc_total,
+        "mcmc_run_ms_per_step_incl_compile": 1e3 * mcmc_total / args.steps,
+    }
+    width = max(map(len, results))
+    for name, value in results.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        print(f"{name:>{width}}  {shown}")
+    print(
+        f"\nstep ratio {results['step_ratio']:.3f} (goal <= 1.15); "
+        f"start-up ratio {results['startup_ratio']:.2f} (goal <= 2)"
+    )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
