@@ -78,12 +78,13 @@ def _time(fn, *args, repeats: int) -> float:
 def raw_loop(X, y, num_steps: int):
     """The floor: per step, B random indices and 2 mini-batch value-and-grads per chain."""
     kwargs = {"subsample_size": BATCH}
+    first_batch = {mb.SUBSAMPLE_KWARG: {"data": jnp.arange(BATCH)}}
     info = initialize_model(
         jax.random.key(0),
         partial(mb.subsample_model, mlp_regression),
         dynamic_args=True,
         model_args=(X, y),
-        model_kwargs=kwargs,
+        model_kwargs={**kwargs, **first_batch},
     )
     z0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (NUM_CHAINS, *a.shape)), info.param_info.z)
 

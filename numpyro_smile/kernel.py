@@ -540,13 +540,15 @@ class SMILE(MCMCKernel):
             self._plates = minibatch.inspect_model(self._model, model_args, model_kwargs)
             wrapped = partial(minibatch.subsample_model, self._model)
             init_keys = rng_key if (self._vectorized and init_params is None) else first_key
+            # Fixed first-batch indices: NumPyro's seeded plate would shuffle all N on CPU.
+            first_batch = {name: jnp.arange(p.subsample_size) for name, p in self._plates.items()}
             model_info = initialize_model(
                 init_keys,
                 wrapped,
                 dynamic_args=True,
                 init_strategy=self._init_strategy,
                 model_args=model_args,
-                model_kwargs=model_kwargs,
+                model_kwargs=self._with_indices(model_kwargs, first_batch),
             )
             self._potential_fn_gen = model_info.potential_fn
             self._postprocess_fn_gen = model_info.postprocess_fn
@@ -570,9 +572,10 @@ class SMILE(MCMCKernel):
         init_chain = partial(self._init_chain, config, model_args, model_kwargs, dim, flat.dtype)
         key_state, key_chains = jax.random.split(first_key)
         if self._vectorized:
-            state = jax.vmap(init_chain)(init_params, jax.random.split(key_chains, num_chains))
-        else:
-            state = init_chain(init_params, key_chains)
+            init_chain = jax.vmap(init_chain)
+            key_chains = jax.random.split(key_chains, num_chains)
+        # One compiled call (eager vmap would dispatch and compile every primitive separately).
+        state = jax.jit(init_chain)(init_params, key_chains)
         state = state._replace(rng_key=key_state)
 
         def sample_fn(state, model_args, model_kwargs):
