@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
@@ -361,6 +362,9 @@ class SMILE(MCMCKernel):
         integrator: ``"mclachlan"`` (2 gradients per step, default) or ``"leapfrog"`` (1).
         init_strategy: NumPyro init strategy when ``init_params`` is not given (default
             ``init_to_uniform(radius=0.5)``: see ``DEFAULT_INIT_STRATEGY``).
+        pretrain_steps, pretrain_learning_rate: when ``init_params`` is not given, each chain
+            first runs this many Adam steps on the (mini-batch) potential from its init point,
+            as the MILE/SMILE recipe pretrains; 0 switches it off. Not counted as warmup.
         batch_schedule: ``"epoch"`` (a fresh permutation per epoch, per chain) or
             ``"with_replacement"``.
         data_size, subsample_size: with ``potential_fn`` only: N and B of the mini-batch
@@ -389,6 +393,8 @@ class SMILE(MCMCKernel):
         desired_energy_var: float | tuple[float, float] = (0.5, 0.1),
         integrator: str = "mclachlan",
         init_strategy: Callable = DEFAULT_INIT_STRATEGY,
+        pretrain_steps: int = 1000,
+        pretrain_learning_rate: float = 0.02,
         batch_schedule: str = "epoch",
         data_size: int | None = None,
         subsample_size: int | None = None,
@@ -419,6 +425,8 @@ class SMILE(MCMCKernel):
             raise ValueError(f"adapt_tail_prob must be in [0, 0.75), got {adapt_tail_prob!r}.")
         if not 0 < shrink_share < 1:
             raise ValueError(f"shrink_share must be in (0, 1), got {shrink_share!r}.")
+        if pretrain_steps < 0 or not pretrain_learning_rate > 0:
+            raise ValueError("pretrain_steps must be >= 0 and pretrain_learning_rate > 0.")
         if not max_noise_angle > 0:
             raise ValueError(f"max_noise_angle must be positive, got {max_noise_angle!r}.")
         if not (0 <= adapt_rate < 1 and 0 < smoothing <= 1):
@@ -452,6 +460,8 @@ class SMILE(MCMCKernel):
         self._desired_energy_var = tuple(desired_energy_var)
         self._integrator = integrator
         self._init_strategy = init_strategy
+        self._pretrain_steps = int(pretrain_steps)
+        self._pretrain_learning_rate = pretrain_learning_rate
         self._batch_schedule = batch_schedule
         self._plates: dict[str, minibatch.PlateInfo] = (
             {"data": minibatch.PlateInfo(data_size, subsample_size)}
@@ -530,6 +540,7 @@ class SMILE(MCMCKernel):
         state batches every field except ``rng_key``.
         """
         self._vectorized = not is_prng_key(rng_key)
+        user_init_params = init_params
         num_chains = rng_key.shape[0] if self._vectorized else None
         model_kwargs = dict(model_kwargs or {})
         first_key = rng_key[0] if self._vectorized else rng_key
@@ -569,7 +580,10 @@ class SMILE(MCMCKernel):
                 f"S^(d-1)); this model has d = {dim}."
             )
         config = self._step_config(num_warmup, dim)
-        init_chain = partial(self._init_chain, config, model_args, model_kwargs, dim, flat.dtype)
+        pretrain_steps = self._pretrain_steps if user_init_params is None else 0
+        init_chain = partial(
+            self._init_chain, config, model_args, model_kwargs, dim, flat.dtype, pretrain_steps
+        )
         key_state, key_chains = jax.random.split(first_key)
         if self._vectorized:
             init_chain = jax.vmap(init_chain)
@@ -623,6 +637,26 @@ class SMILE(MCMCKernel):
             mclmc=mclmc,
         )
 
+    def _pretrain(self, config, logdensity_fn, position, batches, rng_key, num_steps):
+        """Adam on the (mini-batch) potential: move a chain from its init point to a mode.
+
+        MCLMC moves one step size per step, and with mini-batches the gradient noise keeps
+        steps small, so a chain started far from the posterior crawls; the MILE/SMILE recipe
+        starts from optimised points instead. Used only when ``init_params`` is not given.
+        """
+        optimizer = optax.adam(self._pretrain_learning_rate)
+
+        def step(carry, key):
+            x, opt_state, batches = carry
+            batches, indices = _next_batches(config, batches, key, None)
+            grad = -_value_and_grad(config, logdensity_fn, indices)(x)[1]
+            updates, opt_state = optimizer.update(jnp.nan_to_num(grad), opt_state)
+            return (optax.apply_updates(x, updates), opt_state, batches), None
+
+        init = (position, optimizer.init(position), batches)
+        (position, _, batches), _ = jax.lax.scan(step, init, jax.random.split(rng_key, num_steps))
+        return position, batches
+
     @staticmethod
     def _initial_gradient_noise(config, logdensity_fn, position, rng_key):
         """Gradient mean and std over a few random mini-batches at the initial point.
@@ -643,8 +677,10 @@ class SMILE(MCMCKernel):
         std = jnp.sqrt(jnp.maximum(jnp.var(grads, axis=0), 1e-7))
         return tuning.GradientNoiseState(grads.mean(axis=0), std)
 
-    def _init_chain(self, config, model_args, model_kwargs, dim, dtype, z, rng_key) -> SMILEState:
-        key_batch, key_momentum, key_tuner, key_noise = jax.random.split(rng_key, 4)
+    def _init_chain(
+        self, config, model_args, model_kwargs, dim, dtype, pretrain_steps, z, rng_key
+    ) -> SMILEState:
+        key_batch, key_momentum, key_tuner, key_noise, key_pretrain = jax.random.split(rng_key, 5)
         position, _ = ravel_pytree(z)
         batches = None
         if config.plates and config.batch_schedule == "epoch":
@@ -653,8 +689,13 @@ class SMILE(MCMCKernel):
                 name: minibatch.batch_schedule_init(key, plate, config.batch_schedule)
                 for key, (name, plate) in zip(keys, config.plates)
             }
-        batches, indices = _next_batches(config, batches, key_batch, None)
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
+        if pretrain_steps:
+            position, batches = self._pretrain(
+                config, logdensity_fn, position, batches, key_pretrain, pretrain_steps
+            )
+            z = self._unravel(position)
+        batches, indices = _next_batches(config, batches, key_batch, None)
         logdensity, grad = _value_and_grad(config, logdensity_fn, indices)(position)
         grad_noise = tuning.gradient_noise_init(dim, dtype) if config.precondition else None
         if config.plates:

@@ -28,12 +28,15 @@ import jax.numpy as jnp
 __all__ = [
     "EnergyTunerConfig",
     "EnergyTunerState",
+    "EnergyVarianceState",
     "GradientNoiseState",
     "MCLMCTunerConfig",
     "MCLMCTunerState",
     "effective_sample_size",
     "energy_tuner_init",
     "energy_tuner_update",
+    "energy_variance_init",
+    "energy_variance_update",
     "gradient_noise_init",
     "gradient_noise_scale",
     "gradient_noise_update",
@@ -238,6 +241,66 @@ def noise_limited_step_size(
 
 
 # --------------------------------------------------------------------------------------------
+# Energy-variance step size (MCLMC's rule; used by the full-batch tuner and SMILE's burn-in)
+# --------------------------------------------------------------------------------------------
+
+
+class EnergyVarianceState(NamedTuple):
+    """Discounted statistics of MCLMC's step-size rule Var[dE] / d = C eps^6.
+
+    Attributes:
+        log_weighted_xi: log of the discounted, weighted sum of xi / eps^6 (log domain: no
+            overflow for tiny step sizes in float32).
+        weight_sum: discounted sum of the weights.
+        step_size_max: cap, lowered to 0.8 eps after a non-finite step.
+    """
+
+    log_weighted_xi: Array
+    weight_sum: Array
+    step_size_max: Array
+
+
+def energy_variance_init(dtype=jnp.float32) -> EnergyVarianceState:
+    return EnergyVarianceState(
+        jnp.full((), -jnp.inf, dtype), jnp.zeros((), dtype), jnp.full((), jnp.inf, dtype)
+    )
+
+
+def energy_variance_update(
+    state: EnergyVarianceState,
+    step_size: Array,
+    energy_change: Array,
+    finite: Array,
+    dim: int,
+    desired_energy_var: Array | float,
+    num_effective_samples: float = 100.0,
+    trust_in_estimate: float = 1.5,
+) -> tuple[EnergyVarianceState, Array]:
+    """One step of the rule: each dE gives xi / eps^6 ~ C; eps* = (weighted mean)^(-1/6).
+
+    xi = dE^2 / (d V*) + 1e-8 is weighted by exp(-(log xi / (6 trust))^2 / 2), so steps far
+    from the target count less; the sums decay with (n_eff - 1) / (n_eff + 1). A non-finite
+    step counts as dE = 0 and caps the step size at 0.8 eps (ALGORITHM.md 3.2).
+
+    Returns:
+        ``(new_state, new_step_size)``.
+    """
+    step_size_max = jnp.where(finite, state.step_size_max, 0.8 * step_size)
+    energy_change = jnp.where(finite, energy_change, 0.0)
+    xi = energy_change**2 / (dim * desired_energy_var) + 1e-8
+    weight = jnp.exp(-0.5 * (jnp.log(xi) / (6.0 * trust_in_estimate)) ** 2)
+    decay = (num_effective_samples - 1) / (num_effective_samples + 1)
+    log_weighted_xi = jnp.logaddexp(
+        jnp.log(decay) + state.log_weighted_xi,
+        jnp.log(weight) + jnp.log(xi) - 6 * jnp.log(step_size),
+    )
+    weight_sum = decay * state.weight_sum + weight
+    new_step_size = jnp.exp(-(log_weighted_xi - jnp.log(weight_sum)) / 6)
+    new_step_size = jnp.minimum(new_step_size, step_size_max).astype(step_size.dtype)
+    return EnergyVarianceState(log_weighted_xi, weight_sum, step_size_max), new_step_size
+
+
+# --------------------------------------------------------------------------------------------
 # Full-batch MCLMC tuner with MILE's schedule
 # --------------------------------------------------------------------------------------------
 
@@ -310,10 +373,7 @@ class MCLMCTunerState(NamedTuple):
 
     Attributes:
         count: warmup steps seen (int32).
-        log_weighted_xi: log of the discounted, weighted sum of xi / eps^6 (log domain: no
-            overflow for tiny step sizes in float32).
-        weight_sum: discounted sum of the weights.
-        step_size_max: cap lowered to 0.8 eps after a non-finite step.
+        energy: statistics of the energy-variance step-size rule.
         moment_weight, moment_x, moment_x2: step-size-weighted sums of z and z^2 over phase II,
             ``()``, ``(d,)``, ``(d,)``; z are the preconditioned coordinates x / s.
         trace: ``(trace_length, trace_dims)`` phase-III positions for the ESS.
@@ -321,9 +381,7 @@ class MCLMCTunerState(NamedTuple):
     """
 
     count: Array
-    log_weighted_xi: Array
-    weight_sum: Array
-    step_size_max: Array
+    energy: EnergyVarianceState
     moment_weight: Array
     moment_x: Array
     moment_x2: Array
@@ -339,9 +397,7 @@ def mclmc_tuner_init(
     zero = jnp.zeros((), dtype)
     return MCLMCTunerState(
         count=jnp.zeros((), jnp.int32),
-        log_weighted_xi=jnp.full((), -jnp.inf, dtype),
-        weight_sum=zero,
-        step_size_max=jnp.full((), jnp.inf, dtype),
+        energy=energy_variance_init(dtype),
         moment_weight=zero,
         moment_x=jnp.zeros((dim,), dtype),
         moment_x2=jnp.zeros((dim,), dtype),
@@ -404,26 +460,23 @@ def mclmc_tuner_update(
     """
     dim = position.shape[0]
     t = state.count
-    dtype = state.weight_sum.dtype
+    dtype = state.moment_weight.dtype
     in_step_phase = t < config.num_phase1 + config.num_phase2
     in_phase2 = (t >= config.num_phase1) & in_step_phase
 
     # Phases I+II: step size from the energy error (xi ~ C eps^6).
-    step_size_max = jnp.where(finite, state.step_size_max, 0.8 * step_size)
-    energy_change = jnp.where(finite, energy_change, 0.0)
-    xi = energy_change**2 / (dim * _desired_energy_var(config, t.astype(dtype))) + 1e-8
-    weight = jnp.exp(-0.5 * (jnp.log(xi) / (6.0 * config.trust_in_estimate)) ** 2)
-    decay = (config.num_effective_samples - 1) / (config.num_effective_samples + 1)
-    log_weighted_xi = jnp.logaddexp(
-        jnp.log(decay) + state.log_weighted_xi,
-        jnp.log(weight) + jnp.log(xi) - 6 * jnp.log(step_size),
+    energy, tuned_step = energy_variance_update(
+        state.energy,
+        step_size,
+        energy_change,
+        finite,
+        dim,
+        _desired_energy_var(config, t.astype(dtype)),
+        config.num_effective_samples,
+        config.trust_in_estimate,
     )
-    weight_sum = decay * state.weight_sum + weight
-    tuned_step = jnp.exp(-(log_weighted_xi - jnp.log(weight_sum)) / 6)
-    tuned_step = jnp.minimum(tuned_step, step_size_max)
     new_step_size = jnp.where(in_step_phase, tuned_step, step_size)
-    log_weighted_xi = jnp.where(in_step_phase, log_weighted_xi, state.log_weighted_xi)
-    weight_sum = jnp.where(in_step_phase, weight_sum, state.weight_sum)
+    energy = jax.tree.map(lambda a, b: jnp.where(in_step_phase, a, b), energy, state.energy)
 
     # Phase II: step-size-weighted moments of z; L = sqrt(sum of variances) at its end.
     moment_w = jnp.where(in_phase2 & finite, step_size, 0.0)
@@ -448,9 +501,7 @@ def mclmc_tuner_update(
 
     new_state = MCLMCTunerState(
         count=t + 1,
-        log_weighted_xi=log_weighted_xi,
-        weight_sum=weight_sum,
-        step_size_max=step_size_max,
+        energy=energy,
         moment_weight=moment_weight,
         moment_x=moment_x,
         moment_x2=moment_x2,
