@@ -115,6 +115,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--batch-schedule",
+        default="epoch",
+        choices=["epoch", "with_replacement"],
+        help="SMILE's batch schedule (the raw floor always draws with replacement)",
+    )
     args = parser.parse_args()
     X, y = make_data()
     kwargs = {"subsample_size": BATCH}
@@ -127,7 +133,7 @@ def main() -> None:
     raw_step = _time(run_raw, z0, jax.random.key(1), args.steps, repeats=args.repeats) / args.steps
 
     # SMILE kernel: init + compile of a jitted fori_loop over kernel.sample, then per step
-    kernel = SMILE(mlp_regression)
+    kernel = SMILE(mlp_regression, batch_schedule=args.batch_schedule)
     start = time.perf_counter()
     state = kernel.init(jax.random.split(jax.random.key(2), NUM_CHAINS), 1000, None, (X, y), kwargs)
 
@@ -159,6 +165,7 @@ def main() -> None:
         "jax": jax.__version__,
         "numpyro": numpyro.__version__,
         "model": "MLP 10-32-32-1, N=100000, B=256, 4 chains vectorized, float32",
+        "batch_schedule": args.batch_schedule,
         "steps": args.steps,
         "raw_step_ms": 1e3 * raw_step,
         "smile_step_ms": 1e3 * smile_step,

@@ -314,6 +314,8 @@ def _redirect_after_reset(momentum: jax.Array, reset: jax.Array, rng_key: jax.Ar
         fresh = fresh / jnp.linalg.norm(fresh, axis=-1, keepdims=True)
         return jnp.where(reset[..., None], fresh, momentum)
 
+    if jax.default_backend() != "cpu":
+        return redirect()  # on accelerators the draw is cheap and a cond's predicate is not
     return jax.lax.cond(jnp.any(reset), redirect, lambda: momentum)
 
 

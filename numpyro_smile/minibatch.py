@@ -35,11 +35,13 @@ __all__ = [
     "batch_schedule_init",
     "batch_schedule_next",
     "check_finite_data",
+    "feistel_permutation",
     "full_data_indices",
     "full_data_model",
     "inspect_model",
     "keyed_permutation",
     "subsample_model",
+    "swap_or_not_permutation",
 ]
 
 #: Reserved model keyword through which the kernel passes ``{plate_name: indices}``.
@@ -211,8 +213,8 @@ class EpochBatchState(NamedTuple):
 
     Epoch e visits the data in the order of a keyed pseudo-random permutation pi_e of
     {0, ..., N - 1}; batch k of the epoch is pi_e(kB), ..., pi_e(kB + B - 1). The permutation is
-    never stored: pi_e is a 4-round Feistel network, evaluated on the B positions only, so
-    each batch costs O(B) time and the schedule O(1) memory, whatever N is.
+    never stored: pi_e (see :func:`keyed_permutation`) is evaluated on the B positions only,
+    so each batch costs O(B) time and the schedule O(1) memory, whatever N is.
     """
 
     key: jax.Array
@@ -220,6 +222,7 @@ class EpochBatchState(NamedTuple):
 
 
 _FEISTEL_ROUNDS = 4
+_SWAP_OR_NOT_ROUNDS = 24
 
 
 def _mix(x: jax.Array, key: jax.Array) -> jax.Array:
@@ -232,12 +235,12 @@ def _mix(x: jax.Array, key: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def keyed_permutation(positions: jax.Array, rng_key: jax.Array, size: int) -> jax.Array:
-    """pi(positions) for the pseudo-random permutation of {0, ..., size - 1} keyed by ``rng_key``.
+def feistel_permutation(positions: jax.Array, rng_key: jax.Array, size: int) -> jax.Array:
+    """Keyed permutation by a 4-round balanced Feistel network with cycle walking.
 
-    A balanced Feistel network permutes {0, ..., 4^h - 1} (the smallest such range holding
-    ``size``); "cycle walking" re-applies it to values that land outside {0, ..., size - 1},
-    which keeps it a bijection of the smaller set. Expected passes: at most 4, usually 1-2.
+    The network permutes {0, ..., 4^h - 1} (the smallest such range holding ``size``); values
+    that land outside {0, ..., size - 1} are walked again (a ``while_loop``; expected passes
+    below 4), which keeps it a bijection of the smaller set. Fastest on CPUs.
     """
     half_bits = max(1, math.ceil(math.log2(max(size, 2)) / 2))
     mask = jnp.uint32((1 << half_bits) - 1)
@@ -255,6 +258,39 @@ def keyed_permutation(positions: jax.Array, rng_key: jax.Array, size: int) -> ja
     x = feistel(positions.astype(jnp.uint32))
     x = jax.lax.while_loop(lambda x: jnp.any(x >= size), walk, x)
     return x.astype(jnp.int32)
+
+
+def swap_or_not_permutation(positions: jax.Array, rng_key: jax.Array, size: int) -> jax.Array:
+    """Keyed permutation by a swap-or-not shuffle (Hoang, Morris and Rogaway, 2012).
+
+    Each round draws K in {0, ..., size - 1} and maps x to its partner (K - x) mod size when a
+    keyed hash bit of max(x, partner) is set; every round is an involution, so the composition
+    is a permutation for any size. Branch- and loop-free: fastest on GPUs, where a
+    ``while_loop`` costs a host round trip per pass.
+    """
+    key_partner, key_bits = jax.random.split(rng_key)
+    partners = jax.random.randint(key_partner, (_SWAP_OR_NOT_ROUNDS,), 0, size, jnp.int32)
+    hash_keys = jax.random.bits(key_bits, (_SWAP_OR_NOT_ROUNDS,), jnp.uint32)
+    x = positions.astype(jnp.int32)
+    for r in range(_SWAP_OR_NOT_ROUNDS):
+        partner = partners[r] - x
+        partner = jnp.where(partner < 0, partner + size, partner)
+        swap = (_mix(jnp.maximum(x, partner).astype(jnp.uint32), hash_keys[r]) & 1) == 1
+        x = jnp.where(swap, partner, x)
+    return x
+
+
+def keyed_permutation(positions: jax.Array, rng_key: jax.Array, size: int) -> jax.Array:
+    """pi(positions) for the pseudo-random permutation of {0, ..., size - 1} keyed by ``rng_key``.
+
+    Feistel with cycle walking on CPU, swap-or-not on accelerators (chosen at trace time):
+    each is the cheaper one where it runs (measured per SMILE step on an MLP: the Feistel
+    walk's ``while_loop`` added 0.33 ms on an H200; 24 swap-or-not rounds added ~0.1 ms on
+    a 2-core CPU). Both are exact permutations; the order differs between backends.
+    """
+    if jax.default_backend() == "cpu":
+        return feistel_permutation(positions, rng_key, size)
+    return swap_or_not_permutation(positions, rng_key, size)
 
 
 def batch_schedule_init(

@@ -142,23 +142,28 @@ def test_full_data_model_gives_pointwise_log_likelihood_over_all_points():
     np.testing.assert_allclose(ll["obs"][0], dist.Normal(0, 1).log_prob(y), rtol=1e-5)
 
 
+PERMUTATIONS = [minibatch.feistel_permutation, minibatch.swap_or_not_permutation]
+
+
+@pytest.mark.parametrize("permutation", PERMUTATIONS)
 @pytest.mark.parametrize("size", [2, 3, 17, 256, 1003, 65_537])
-def test_keyed_permutation_is_a_bijection(size):
-    """The Feistel permutation (cycle walking) maps {0..N-1} onto itself; keys differ."""
+def test_keyed_permutation_is_a_bijection(permutation, size):
+    """Both keyed permutations map {0..N-1} onto itself, and differ by key."""
     positions = jnp.arange(size)
-    first = np.asarray(minibatch.keyed_permutation(positions, jax.random.key(0), size))
-    second = np.asarray(minibatch.keyed_permutation(positions, jax.random.key(1), size))
+    first = np.asarray(permutation(positions, jax.random.key(0), size))
+    second = np.asarray(permutation(positions, jax.random.key(1), size))
     np.testing.assert_array_equal(np.sort(first), np.arange(size))
     np.testing.assert_array_equal(np.sort(second), np.arange(size))
     if size > 3:
         assert not np.array_equal(first, second)
 
 
-def test_keyed_permutation_looks_random():
+@pytest.mark.parametrize("permutation", PERMUTATIONS)
+def test_keyed_permutation_looks_random(permutation):
     """Neighbouring positions land far apart: the mean |pi(i+1) - pi(i)| of a uniform random
     permutation of N is ~N/3; a structured map (e.g. affine) would give a constant."""
     size = 10_000
-    perm = np.asarray(minibatch.keyed_permutation(jnp.arange(size), jax.random.key(3), size))
+    perm = np.asarray(permutation(jnp.arange(size), jax.random.key(3), size))
     gaps = np.abs(np.diff(perm))
     assert 0.3 * size < gaps.mean() < 0.37 * size
     assert len(np.unique(gaps)) > size // 4
