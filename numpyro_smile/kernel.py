@@ -50,9 +50,9 @@ DEFAULT_STEP_SIZE_FULL_BATCH = 1e-2
 STEP_SIZE_MINIBATCH_MAX = 1e-3
 #: Mini-batches drawn at the initial point to estimate the gradient noise.
 NUM_NOISE_PROBES = 8
-#: SG-MCLMC moves one step size per step, and far from the posterior the gradient noise keeps
-#: steps small; start nearer the prior's centre than NUTS's radius 2 (unconstrained space).
-#: Neural networks should start from pretrained points (``init_params`` / SMILEEnsemble).
+#: Where chains start (before pretraining) when no ``init_params`` are given: nearer the
+#: prior's centre than NUTS's radius 2 in unconstrained space, since MCLMC moves one step size
+#: per step. Neural networks are better started from trained points (``init_params``).
 DEFAULT_INIT_STRATEGY = init_to_uniform(radius=0.5)
 #: Gradient sanitising in mini-batch mode (ALGORITHM.md 5.5): NaN -> 0, then clip.
 GRADIENT_CLIP = 1e6
@@ -74,11 +74,12 @@ class SMILEState(NamedTuple):
         L: momentum decoherence length (``inf``: no partial refresh, SMILE's default).
         diverging: True when the guardrail rejected the last step (a "reset").
         num_resets: resets so far (int32).
-        momentum: ``(d,)`` unit velocity (zeros after a SMILE reset).
+        momentum: ``(d,)`` unit velocity (redrawn uniformly after a reset).
         logdensity_grad: ``(d,)`` cached raw gradient of log p at ``z``.
         energy_tuner: SMILE tuner statistics (``None`` in full-batch mode).
         mclmc_tuner: full-batch tuner statistics (``None`` in mini-batch mode).
-        grad_noise: gradient-noise preconditioner statistics (``None`` when not preconditioning).
+        grad_noise: running mean/std of the raw gradient: pSMILE's preconditioner and the
+            noise-limited step size (``None`` in full batch without preconditioning).
         batches: ``{plate: EpochBatchState}`` batch schedules (``None`` for full batch).
         rng_key: a single PRNG key (also in vectorized mode).
     """
@@ -118,6 +119,7 @@ class _StepConfig(NamedTuple):
 
 
 def _sanitize(grad: jax.Array) -> jax.Array:
+    """Mini-batch gradient guardrail: NaN -> 0, infinities and large values clipped."""
     return jnp.clip(
         jnp.nan_to_num(grad, nan=0.0, posinf=GRADIENT_CLIP, neginf=-GRADIENT_CLIP),
         -GRADIENT_CLIP,
