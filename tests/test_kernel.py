@@ -14,6 +14,8 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import pytest
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC
@@ -407,3 +409,56 @@ def test_minibatch_potential_fn(blr):
     beta = np.asarray(mcmc.get_samples()["beta"], np.float64)
     # Pooled ESS ~100 here: the mean's Monte Carlo error is ~0.1 sd, so allow 0.5 sd.
     assert np.all(np.abs(beta.mean(0) - blr.mean) / blr.sd < 0.5)
+
+
+def test_two_subsample_plates_side_by_side():
+    """Two data sets sharing a parameter, each in its own subsample plate: each plate gets its
+    own batch schedule and N/B scaling; the posterior mean of the shared mean is exact."""
+    rng = np.random.default_rng(5)
+    a = jnp.asarray(rng.normal(1.0, 1.0, size=3000), jnp.float32)
+    b = jnp.asarray(rng.normal(1.0, 2.0, size=500), jnp.float32)
+
+    def model(a, b):
+        mu = numpyro.sample("mu", dist.Normal(0, 10).expand([2]).to_event(1))
+        with numpyro.plate("A", a.shape[0], subsample_size=100):
+            numpyro.sample("a", dist.Normal(mu[0], 1.0), obs=numpyro.subsample(a, event_dim=0))
+        with numpyro.plate("B", b.shape[0], subsample_size=50):
+            numpyro.sample("b", dist.Normal(mu[1], 2.0), obs=numpyro.subsample(b, event_dim=0))
+
+    kernel = SMILE(model)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=1000,
+        num_samples=4000,
+        num_chains=2,
+        progress_bar=False,
+        chain_method="vectorized",
+    )
+    mcmc.run(jax.random.key(0), a, b)
+    assert kernel.subsample_plates == {"A": (3000, 100), "B": (500, 50)}
+    mu = np.asarray(mcmc.get_samples()["mu"], np.float64)
+    exact_mean = np.array([a.mean(), b.mean()])  # prior sd 10: negligible shrinkage
+    exact_sd = np.array([1.0 / np.sqrt(3000), 2.0 / np.sqrt(500)])
+    # Pooled ESS ~100 or more: the mean's Monte Carlo error is <= 0.1 sd; allow 0.4 sd.
+    assert np.all(np.abs(mu.mean(0) - exact_mean) / exact_sd < 0.4)
+    log_lik = az.from_numpyro(mcmc).log_likelihood
+    assert log_lik["a"].shape[-1] == 3000 and log_lik["b"].shape[-1] == 500
+
+
+def test_model_errors_surface_through_mcmc_run():
+    def local_latent(y):
+        mu = numpyro.sample("mu", dist.Normal().expand([2]).to_event(1))
+        with numpyro.plate("N", y.shape[0], subsample_size=10):
+            z = numpyro.sample("z", dist.Normal(mu[0], 1))
+            numpyro.sample("obs", dist.Normal(z, 1), obs=numpyro.subsample(y, event_dim=0))
+
+    def discrete(y):
+        numpyro.sample("mu", dist.Normal().expand([2]).to_event(1))
+        k = numpyro.sample("k", dist.Poisson(3.0))
+        with numpyro.plate("N", y.shape[0], subsample_size=10):
+            numpyro.sample("obs", dist.Normal(k, 1), obs=numpyro.subsample(y, event_dim=0))
+
+    for model, message in [(local_latent, "inside the subsampled plate"), (discrete, "discrete")]:
+        mcmc = MCMC(SMILE(model), num_warmup=5, num_samples=5, progress_bar=False)
+        with pytest.raises(ModelError, match=message):
+            mcmc.run(jax.random.key(0), jnp.zeros(100))
