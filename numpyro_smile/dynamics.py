@@ -182,7 +182,7 @@ def mclmc_step(
 
     Args:
         state: current :class:`IntegratorState` (gradient cached at the position).
-        rng_key: key for the two partial refreshes.
+        rng_key: key for the two partial refreshes (unused, may be None, without refresh).
         logdensity_and_grad_fn: ``x -> (log p(x), grad log p(x))``; a mini-batch estimate is
             allowed, in which case both evaluations of the step use the same batch.
         step_size: epsilon. L: decoherence length (``inf`` = no refresh).
@@ -194,8 +194,8 @@ def mclmc_step(
         ``(new_state, kinetic_change, energy_change)`` where
         energy_change = kinetic_change - log p(x_new) + log p(x_old).
     """
-    key_before, key_after = jax.random.split(rng_key)
     if refresh:
+        key_before, key_after = jax.random.split(rng_key)
         momentum = partial_refresh(state.momentum, key_before, step_size / 2, L)
         state = state._replace(momentum=momentum)
     new_state, kinetic_change = isokinetic_step(

@@ -284,8 +284,9 @@ def _transition(
         count = None if new.mclmc_tuner is None else new.mclmc_tuner.count - 1
     else:
         axes = _batched_axes(state)
-        new = jax.vmap(step, in_axes=(axes, 0, 0), out_axes=axes)(
-            state, indices, jax.random.split(key_chains, num_chains)
+        chain_keys = jax.random.split(key_chains, num_chains) if config.refresh else None
+        new = jax.vmap(step, in_axes=(axes, 0, 0 if config.refresh else None), out_axes=axes)(
+            state, indices, chain_keys
         )
         count = None if new.mclmc_tuner is None else new.mclmc_tuner.count[0] - 1
     new = new._replace(momentum=_redirect_after_reset(new.momentum, new.diverging, key_redirect))
