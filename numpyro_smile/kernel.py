@@ -301,6 +301,8 @@ def _transition(
             lambda: new.L,
         )
         new = new._replace(L=new_L)
+    # Keep every leaf's dtype (a float64 potential under x64 must not promote a float32 state).
+    new = jax.tree.map(lambda a, b: a.astype(b.dtype), new, state)
     return new._replace(rng_key=key)
 
 
@@ -502,7 +504,7 @@ class SMILE(MCMCKernel):
         """True after a vectorized ``init``: the state then holds a single ``rng_key``."""
         return self._vectorized
 
-    def postprocess_fn(self, model_args, model_kwargs):
+    def postprocess_fn(self, model_args: tuple, model_kwargs: dict) -> Callable:
         """Constrain ``z`` (and replay deterministic sites, over the full data)."""
         if self._postprocess_fn_gen is None:
             return identity
@@ -536,7 +538,12 @@ class SMILE(MCMCKernel):
         return logdensity
 
     def init(
-        self, rng_key, num_warmup: int, init_params=None, model_args=(), model_kwargs=None
+        self,
+        rng_key: jax.Array,
+        num_warmup: int,
+        init_params: dict | None = None,
+        model_args: tuple = (),
+        model_kwargs: dict | None = None,
     ) -> SMILEState:
         """Check the model, build the potential and the initial state of every chain.
 
@@ -604,7 +611,7 @@ class SMILE(MCMCKernel):
         self._sample_fn = sample_fn
         return state
 
-    def sample(self, state: SMILEState, model_args, model_kwargs) -> SMILEState:
+    def sample(self, state: SMILEState, model_args: tuple, model_kwargs: dict) -> SMILEState:
         """One transition of every chain in ``state`` (see :class:`SMILEState`)."""
         assert self._sample_fn is not None, "`init` must be called before `sample`."
         return self._sample_fn(state, model_args, model_kwargs)
