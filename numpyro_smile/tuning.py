@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.special
 
 __all__ = [
     "EnergyTunerConfig",
@@ -114,14 +115,26 @@ def energy_tuner_init(dtype=jnp.float32) -> EnergyTunerState:
     return EnergyTunerState(abs_mean=one, abs_std=one, count=jnp.ones((), jnp.int32))
 
 
-def _gamma_quantile(mean: Array, std: Array, z: float) -> Array:
-    """Wilson-Hilferty quantile of the Gamma with the given mean and std, at normal score z."""
+def _gamma_quantile(mean: Array, std: Array, q: float) -> Array:
+    """q-quantile of the Gamma with the given mean and std (moment fit).
+
+    Wilson-Hilferty, as in the reference code; for lower quantiles it is floored by the
+    small-x asymptote theta * (q * Gamma(k + 1))^(1/k), which is accurate where
+    Wilson-Hilferty fails: at shape k < ~0.5 (heavy-tailed |dE|) it goes to zero or below,
+    and the step size could then only shrink. For k = 0.5 and q = 0.05 the exact quantile is
+    0.00197 theta, the asymptote 0.00196 theta, Wilson-Hilferty 4e-9 theta.
+    """
+    z = _normal_quantile(q)
+    if math.isinf(z):
+        return jnp.full_like(mean, z)
     variance = std**2 + 1e-6
     shape = mean**2 / variance
     scale = variance / mean
-    if math.isinf(z):
-        return jnp.full_like(mean, z)
-    return shape * scale * (1 - 1 / (9 * shape) + z / (3 * jnp.sqrt(shape))) ** 3
+    wilson_hilferty = shape * scale * (1 - 1 / (9 * shape) + z / (3 * jnp.sqrt(shape))) ** 3
+    if q >= 0.5:
+        return wilson_hilferty
+    log_tail = jnp.log(scale) + (math.log(q) + jax.scipy.special.gammaln(shape + 1)) / shape
+    return jnp.maximum(wilson_hilferty, jnp.exp(log_tail))
 
 
 def energy_tuner_update(
@@ -152,18 +165,12 @@ def energy_tuner_update(
     finite = jnp.isfinite(energy_change)
     error = jnp.where(finite, jnp.abs(energy_change), 0.0)
 
-    reset_threshold = _gamma_quantile(
-        state.abs_mean, state.abs_std, _normal_quantile(config.reset_quantile)
-    )
+    reset_threshold = _gamma_quantile(state.abs_mean, state.abs_std, config.reset_quantile)
     upper = _gamma_quantile(
-        state.abs_mean,
-        state.abs_std,
-        _normal_quantile(1 - config.shrink_share * config.adapt_tail_prob),
+        state.abs_mean, state.abs_std, 1 - config.shrink_share * config.adapt_tail_prob
     )
     lower = _gamma_quantile(
-        state.abs_mean,
-        state.abs_std,
-        _normal_quantile((1 - config.shrink_share) * config.adapt_tail_prob),
+        state.abs_mean, state.abs_std, (1 - config.shrink_share) * config.adapt_tail_prob
     )
     past_burn_in = t >= config.burn_in
     reset = ((error > reset_threshold) & past_burn_in) | ~finite
