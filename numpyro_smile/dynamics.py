@@ -73,10 +73,13 @@ def _normalize(x: Array) -> tuple[Array, Array]:
     return jnp.where(norm > _NORM_TOLERANCE, x / norm, x), norm
 
 
-def random_unit_vector(rng_key: Array, dim: int, dtype=jnp.float32) -> Array:
-    """A uniformly random point on the unit sphere S^{dim-1}, shape ``(dim,)``."""
-    z = jax.random.normal(rng_key, (dim,), dtype=dtype)
-    return z / jnp.linalg.norm(z)
+def random_unit_vector(rng_key: Array, shape: int | tuple[int, ...], dtype=jnp.float32) -> Array:
+    """Uniformly random points on the unit sphere S^{d-1}, one per leading index.
+
+    ``shape`` is ``d`` or ``(..., d)``; the result has that shape, unit norm along the last axis.
+    """
+    z = jax.random.normal(rng_key, (shape,) if isinstance(shape, int) else shape, dtype=dtype)
+    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
 
 def esh_velocity_update(

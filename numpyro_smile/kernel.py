@@ -315,8 +315,7 @@ def _redirect_after_reset(momentum: jax.Array, reset: jax.Array, rng_key: jax.Ar
     """
 
     def redirect():
-        fresh = jax.random.normal(rng_key, momentum.shape, momentum.dtype)
-        fresh = fresh / jnp.linalg.norm(fresh, axis=-1, keepdims=True)
+        fresh = dynamics.random_unit_vector(rng_key, momentum.shape, momentum.dtype)
         return jnp.where(reset[..., None], fresh, momentum)
 
     if jax.default_backend() != "cpu":
@@ -552,7 +551,8 @@ class SMILE(MCMCKernel):
         state batches every field except ``rng_key``.
         """
         self._vectorized = not is_prng_key(rng_key)
-        user_init_params = init_params
+        # Pretraining moves chains that start from the init strategy, never user init_params.
+        pretrain_steps = self._pretrain_steps if init_params is None else 0
         num_chains = rng_key.shape[0] if self._vectorized else None
         model_kwargs = dict(model_kwargs or {})
         first_key = rng_key[0] if self._vectorized else rng_key
@@ -592,7 +592,6 @@ class SMILE(MCMCKernel):
                 f"S^(d-1)); this model has d = {dim}."
             )
         config = self._step_config(num_warmup, dim)
-        pretrain_steps = self._pretrain_steps if user_init_params is None else 0
         init_chain = partial(
             self._init_chain, config, model_args, model_kwargs, dim, flat.dtype, pretrain_steps
         )
@@ -709,7 +708,6 @@ class SMILE(MCMCKernel):
             z = self._unravel(position)
         batches, indices = _next_batches(config, batches, key_batch, None)
         logdensity, grad = _value_and_grad(config, logdensity_fn, indices)(position)
-        grad_noise = tuning.gradient_noise_init(dim, dtype) if config.precondition else None
         if config.plates:
             grad_noise = self._initial_gradient_noise(config, logdensity_fn, position, key_noise)
             limit = tuning.noise_limited_step_size(
@@ -719,6 +717,7 @@ class SMILE(MCMCKernel):
             factor = jnp.minimum(step_size / limit, 1.0)
             L = self._L or math.inf
         else:
+            grad_noise = tuning.gradient_noise_init(dim, dtype) if config.precondition else None
             step_size = self._step_size or DEFAULT_STEP_SIZE_FULL_BATCH
             factor = 1.0
             L = self._L or (max(math.sqrt(dim), 15.0) if config.mclmc else math.sqrt(dim))
