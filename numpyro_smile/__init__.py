@@ -1,7 +1,9 @@
 """numpyro-smile: microcanonical Langevin samplers (MCLMC, MILE, SMILE) for NumPyro models."""
 
+from numpyro_smile.ensemble import SMILEEnsemble
+from numpyro_smile.evaluation import evaluate
 from numpyro_smile.kernel import SMILE, SMILEState
 from numpyro_smile.minibatch import ModelError
 
-__all__ = ["SMILE", "ModelError", "SMILEState"]
+__all__ = ["SMILE", "ModelError", "SMILEEnsemble", "SMILEState", "evaluate"]
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
-from numpyro.infer.util import initialize_model
+from numpyro.infer.util import potential_energy
 from numpyro.util import identity, is_prng_key
 
 from numpyro_smile import dynamics, minibatch, tuning
@@ -125,27 +125,6 @@ def _sanitize(grad: jax.Array) -> jax.Array:
         -GRADIENT_CLIP,
         GRADIENT_CLIP,
     )
-
-
-def _next_batches(config: _StepConfig, batches: dict | None, rng_key: jax.Array, num_chains):
-    """Advance every plate's batch schedule, for one chain or all chains at once.
-
-    Returns ``(new_schedules, {plate: indices})`` with indices ``(B,)``, or ``(num_chains, B)``
-    when ``num_chains`` is given; each chain draws its own batches.
-    """
-    if not config.plates:
-        return batches, {}
-    keys = jax.random.split(rng_key, len(config.plates))
-    new_batches, indices = {}, {}
-    for key, (name, plate) in zip(keys, config.plates):
-        state = None if batches is None else batches[name]
-        if num_chains is None:
-            new_batches[name], indices[name] = minibatch.batch_schedule_next(state, key, plate)
-        else:
-            new_batches[name], indices[name] = jax.vmap(
-                lambda s, k, plate=plate: minibatch.batch_schedule_next(s, k, plate)
-            )(state, jax.random.split(key, num_chains))
-    return (None if batches is None else new_batches), indices
 
 
 def _preconditioner(config: _StepConfig, grad_noise, position: jax.Array) -> jax.Array:
@@ -276,7 +255,7 @@ def _transition(
     needed (under ``vmap`` a ``cond`` evaluates both branches on every step).
     """
     key, key_batch, key_chains, key_redirect = jax.random.split(state.rng_key, 4)
-    batches, indices = _next_batches(config, state.batches, key_batch, num_chains)
+    batches, indices = minibatch.next_batches(config.plates, state.batches, key_batch, num_chains)
     state = state._replace(batches=batches)
     step = partial(_chain_step, config, logdensity_fn, unravel)
     if num_chains is None:
@@ -561,17 +540,9 @@ class SMILE(MCMCKernel):
                 raise ValueError(f"{minibatch.SUBSAMPLE_KWARG!r} is a reserved keyword of SMILE.")
             minibatch.check_finite_data(model_args, model_kwargs)
             self._plates = minibatch.inspect_model(self._model, model_args, model_kwargs)
-            wrapped = partial(minibatch.subsample_model, self._model)
             init_keys = rng_key if (self._vectorized and init_params is None) else first_key
-            # Fixed first-batch indices: NumPyro's seeded plate would shuffle all N on CPU.
-            first_batch = {name: jnp.arange(p.subsample_size) for name, p in self._plates.items()}
-            model_info = initialize_model(
-                init_keys,
-                wrapped,
-                dynamic_args=True,
-                init_strategy=self._init_strategy,
-                model_args=model_args,
-                model_kwargs=self._with_indices(model_kwargs, first_batch),
+            model_info = minibatch.initialize_subsampled_model(
+                init_keys, self._model, self._plates, self._init_strategy, model_args, model_kwargs
             )
             self._potential_fn_gen = model_info.potential_fn
             self._postprocess_fn_gen = model_info.postprocess_fn
@@ -659,7 +630,7 @@ class SMILE(MCMCKernel):
 
         def step(carry, key):
             x, opt_state, batches = carry
-            batches, indices = _next_batches(config, batches, key, None)
+            batches, indices = minibatch.next_batches(config.plates, batches, key)
             grad = -_value_and_grad(config, logdensity_fn, indices)(x)[1]
             updates, opt_state = optimizer.update(jnp.nan_to_num(grad), opt_state)
             return (optax.apply_updates(x, updates), opt_state, batches), None
@@ -668,12 +639,30 @@ class SMILE(MCMCKernel):
         (position, _, batches), _ = jax.lax.scan(step, init, jax.random.split(rng_key, num_steps))
         return position, batches
 
-    @staticmethod
-    def _initial_gradient_noise(config, logdensity_fn, position, rng_key):
+    def _prior_curvature(self, model_args, model_kwargs, position, rng_key) -> jax.Array:
+        """``(d,)`` diagonal of the log prior's negative Hessian at ``position`` (0 without a
+        model), by Hutchinson probes: exact for priors that factorise over coordinates."""
+        if self._model is None:
+            return jnp.zeros_like(position)
+        prior = minibatch.prior_only_model(partial(minibatch.subsample_model, self._model))
+        indices = {name: jnp.arange(1) for name in self._plates}
+        kwargs = self._with_indices(model_kwargs, indices)
+
+        def prior_potential(x):
+            return potential_energy(prior, model_args, kwargs, self._unravel(x))
+
+        probes = jax.random.rademacher(rng_key, (NUM_NOISE_PROBES, *position.shape), position.dtype)
+        hessian_probes = jax.vmap(
+            lambda v: jax.jvp(jax.grad(prior_potential), (position,), (v,))[1]
+        )(probes)
+        return jnp.abs(jnp.mean(probes * hessian_probes, axis=0))
+
+    def _initial_gradient_noise(self, config, logdensity_fn, position, rng_key, prior_curvature):
         """Gradient mean and std over a few random mini-batches at the initial point.
 
         Starts the noise statistics (preconditioner and step-size cap) at a real estimate
         instead of the reference code's all-ones, at the cost of a few gradient evaluations.
+        The prior's curvature, in noise units (N / B times it), is the preconditioner's floor.
         """
         keys = jax.random.split(rng_key, len(config.plates))
         indices = {
@@ -686,30 +675,30 @@ class SMILE(MCMCKernel):
             indices
         )
         std = jnp.sqrt(jnp.maximum(jnp.var(grads, axis=0), 1e-7))
-        return tuning.GradientNoiseState(grads.mean(axis=0), std)
+        plate = config.plates[0][1]
+        floor = prior_curvature * (plate.size / plate.subsample_size)
+        return tuning.GradientNoiseState(grads.mean(axis=0), std, floor)
 
     def _init_chain(
         self, config, model_args, model_kwargs, dim, dtype, pretrain_steps, z, rng_key
     ) -> SMILEState:
         key_batch, key_momentum, key_tuner, key_noise, key_pretrain = jax.random.split(rng_key, 5)
         position, _ = ravel_pytree(z)
-        batches = None
-        if config.plates and config.batch_schedule == "epoch":
-            keys = jax.random.split(key_batch, len(config.plates))
-            batches = {
-                name: minibatch.batch_schedule_init(key, plate, config.batch_schedule)
-                for key, (name, plate) in zip(keys, config.plates)
-            }
+        batches = minibatch.batch_schedules_init(config.plates, key_batch, config.batch_schedule)
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
         if pretrain_steps:
             position, batches = self._pretrain(
                 config, logdensity_fn, position, batches, key_pretrain, pretrain_steps
             )
             z = self._unravel(position)
-        batches, indices = _next_batches(config, batches, key_batch, None)
+        batches, indices = minibatch.next_batches(config.plates, batches, key_batch)
         logdensity, grad = _value_and_grad(config, logdensity_fn, indices)(position)
         if config.plates:
-            grad_noise = self._initial_gradient_noise(config, logdensity_fn, position, key_noise)
+            key_noise, key_curvature = jax.random.split(key_noise)
+            curvature = self._prior_curvature(model_args, model_kwargs, position, key_curvature)
+            grad_noise = self._initial_gradient_noise(
+                config, logdensity_fn, position, key_noise, curvature
+            )
             limit = tuning.noise_limited_step_size(
                 grad_noise, _preconditioner(config, grad_noise, position), config.max_noise_angle
             )

@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
+from numpyro.infer.util import ModelInfo, initialize_model
 from numpyro.primitives import Messenger
 
 __all__ = [
@@ -34,12 +36,18 @@ __all__ = [
     "PlateInfo",
     "batch_schedule_init",
     "batch_schedule_next",
+    "batch_schedules_init",
     "check_finite_data",
     "feistel_permutation",
+    "fixed_indices_model",
     "full_data_indices",
     "full_data_model",
+    "initialize_subsampled_model",
     "inspect_model",
     "keyed_permutation",
+    "next_batches",
+    "prior_only_model",
+    "split_model_args",
     "subsample_model",
     "swap_or_not_permutation",
 ]
@@ -85,12 +93,20 @@ def _plate_error(name: str, size: int, subsample_size: int) -> ModelError:
     )
 
 
-def inspect_model(model: Callable, model_args: tuple, model_kwargs: dict) -> dict[str, PlateInfo]:
+def inspect_model(
+    model: Callable, model_args: tuple, model_kwargs: dict, check: bool = True
+) -> dict[str, PlateInfo]:
     """Find the subsample plates of ``model`` and reject what SMILE cannot sample.
 
+    Args:
+        check: validate the model for sampling (the errors below). ``False`` only reads the
+            plates, e.g. of the model on held-out data, where a plate may be smaller than its
+            ``subsample_size``; such a plate is reported as ``PlateInfo(N, N)``.
+
     Returns:
-        ``{plate_name: PlateInfo(N, B)}`` for every plate with ``subsample_size < size``; an
-        empty dict means a full-batch model (MCLMC with MILE tuning).
+        ``{plate_name: PlateInfo(N, B)}`` for every plate with ``subsample_size < size`` (and,
+        with ``check=False``, ``> size``); an empty dict means a full-batch model (MCLMC with
+        MILE tuning).
 
     Raises:
         ModelError: a plate with ``subsample_size > size``; a discrete latent site; a latent
@@ -107,9 +123,11 @@ def inspect_model(model: Callable, model_args: tuple, model_kwargs: dict) -> dic
     for name, (size, subsample_size) in inspector.plates.items():
         if subsample_size is None or subsample_size == size:
             continue
-        if subsample_size > size:
+        if subsample_size > size and check:
             raise _plate_error(name, size, subsample_size)
-        plates[name] = PlateInfo(int(size), int(subsample_size))
+        plates[name] = PlateInfo(int(size), int(min(size, subsample_size)))
+    if not check:
+        return plates
 
     latent_sites = 0
     for name, site in model_trace.items():
@@ -171,6 +189,47 @@ def check_finite_data(model_args: tuple, model_kwargs: dict) -> None:
                 )
 
 
+def split_model_args(model_args: tuple, model_kwargs: dict) -> tuple[list, Callable]:
+    """Split model arguments into array leaves and everything else.
+
+    Arrays (the data) are passed to compiled functions as arguments, so they are neither
+    baked into the program as constants nor retraced when only their values change; the rest
+    (``batch_size=256``, ``hidden=(16, 16)``, functions) stays static, as NumPyro's ``MCMC``
+    treats model arguments by default.
+
+    Returns:
+        ``(arrays, bind)`` with ``bind(arrays) -> (model_args, model_kwargs)``.
+    """
+    leaves, treedef = jax.tree.flatten((tuple(model_args), dict(model_kwargs)))
+    is_array = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
+
+    def bind(arrays) -> tuple[tuple, dict]:
+        supplied = iter(arrays)
+        merged = [next(supplied) if array else leaf for leaf, array in zip(leaves, is_array)]
+        return jax.tree.unflatten(treedef, merged)
+
+    return [leaf for leaf, array in zip(leaves, is_array) if array], bind
+
+
+class _FixedPlateIndices(Messenger):
+    """Hands the named plates fixed indices and declares their size as the subsample size.
+
+    NumPyro then scales each plate's log-likelihood by N / len(indices); with all N indices
+    the plate is an ordinary full plate (no gather, no warning, and a model inspected through
+    this view reads as full-batch).
+    """
+
+    def __init__(self, fn=None, indices=None):
+        self.indices = indices or {}
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] == "plate" and msg["name"] in self.indices:
+            indices = self.indices[msg["name"]]
+            msg["value"] = indices
+            msg["args"] = (msg["args"][0], jnp.shape(indices)[0])
+
+
 def subsample_model(model: Callable, *args: Any, **kwargs: Any) -> Any:
     """Run ``model`` with its subsample plates fixed to ``kwargs[SUBSAMPLE_KWARG]``.
 
@@ -179,11 +238,76 @@ def subsample_model(model: Callable, *args: Any, **kwargs: Any) -> Any:
     indices = kwargs.pop(SUBSAMPLE_KWARG, None)
     if not indices:
         return model(*args, **kwargs)
-    with warnings.catch_warnings():
-        # Full-data indices differ in length from subsample_size; NumPyro warns, harmlessly.
-        warnings.filterwarnings("ignore", message="subsample_size does not match")
-        with handlers.substitute(data=indices):
+    with _FixedPlateIndices(indices=indices):
+        return model(*args, **kwargs)
+
+
+def initialize_subsampled_model(
+    rng_key: jax.Array,
+    model: Callable,
+    plates: dict[str, PlateInfo],
+    init_strategy: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+) -> ModelInfo:
+    """``numpyro.infer.util.initialize_model`` for a model whose plates take given indices.
+
+    The returned ``potential_fn``/``postprocess_fn`` are generators (``dynamic_args=True``):
+    call them with ``model_kwargs | {SUBSAMPLE_KWARG: {plate: indices}}`` to get a function
+    of the unconstrained latent values on that batch (N / B-scaled), or with ``arange(N)``
+    for the full data. Initialisation evaluates the first B points of every plate (NumPyro's
+    own seeded plate would shuffle all N on CPU). ``rng_key`` may be ``(K,)`` keys, giving
+    ``(K, ...)`` initial values.
+    """
+    if plates:
+        first_batch = {name: jnp.arange(plate.subsample_size) for name, plate in plates.items()}
+        model_kwargs = {**model_kwargs, SUBSAMPLE_KWARG: first_batch}
+    arrays, bind = split_model_args(model_args, model_kwargs)
+    built = {}
+
+    def initial_params(rng_key, arrays):
+        args, kwargs = bind(arrays)
+        built["info"] = initialize_model(
+            rng_key,
+            partial(subsample_model, model),
+            dynamic_args=True,
+            init_strategy=init_strategy,
+            model_args=args,
+            model_kwargs=kwargs,
+        )
+        return built["info"].param_info
+
+    # One compiled call (checked here, as NumPyro does, unless traced, e.g. under pmap): run
+    # eagerly, NumPyro's search for a valid point compiles every
+    # primitive separately (7 s of an 11 s start-up for an airfoil MLP on 2 cores). The
+    # potential and postprocess generators (dynamic_args=True) hold no traced values.
+    param_info = jax.jit(initial_params)(rng_key, arrays)
+    energy = param_info.potential_energy
+    if not isinstance(energy, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(energy))):
+        raise ModelError(
+            "Cannot find valid initial parameters: the model's log density is not finite at "
+            "the initial point(s) drawn by the init strategy. Check the data and priors, or "
+            "pass init_params (unconstrained values) or another init_strategy."
+        )
+    return built["info"]._replace(param_info=param_info, model_trace=None)
+
+
+class _HideObservations(Messenger):
+    """Masks every observed site, leaving the prior (and Jacobians) in the log density."""
+
+    def process_message(self, msg):
+        if msg["type"] == "sample" and msg["is_observed"]:
+            msg["fn"] = msg["fn"].mask(False)
+
+
+def prior_only_model(model: Callable) -> Callable:
+    """``model`` with its likelihood switched off: its log density is the log prior."""
+
+    def prior_model(*args, **kwargs):
+        with _HideObservations():
             return model(*args, **kwargs)
+
+    return prior_model
 
 
 def full_data_indices(plates: dict[str, PlateInfo]) -> dict[str, jax.Array]:
@@ -197,15 +321,22 @@ def full_data_model(model: Callable, plates: dict[str, PlateInfo]) -> Callable:
     ``az.from_numpyro``, ``numpyro.infer.log_likelihood`` and ``Predictive`` on this view give
     per-datum quantities over the full data instead of a random mini-batch.
     """
+    return fixed_indices_model(model, full_data_indices(plates), suffix="_full_data")
 
-    def model_on_full_data(*args, **kwargs):
-        return subsample_model(
-            model, *args, **{**kwargs, SUBSAMPLE_KWARG: full_data_indices(plates)}
-        )
 
-    model_on_full_data.__name__ = getattr(model, "__name__", "model") + "_full_data"
-    model_on_full_data.__wrapped__ = model
-    return model_on_full_data
+def fixed_indices_model(model: Callable, indices: dict, suffix: str = "_subset") -> Callable:
+    """A view of ``model`` whose subsample plates always see the given ``{plate: indices}``.
+
+    The plate's log-likelihood is then scaled by N / len(indices); with ``arange(N)`` that is
+    the full-data model, with a fixed subset the per-datum log-likelihood of those points.
+    """
+
+    def model_on_indices(*args, **kwargs):
+        return subsample_model(model, *args, **{**kwargs, SUBSAMPLE_KWARG: indices})
+
+    model_on_indices.__name__ = getattr(model, "__name__", "model") + suffix
+    model_on_indices.__wrapped__ = model
+    return model_on_indices
 
 
 class EpochBatchState(NamedTuple):
@@ -300,6 +431,51 @@ def batch_schedule_init(
     if schedule == "with_replacement":
         return None
     return EpochBatchState(rng_key, jnp.zeros((), jnp.int32))
+
+
+def batch_schedules_init(
+    plates: tuple[tuple[str, PlateInfo], ...], rng_key: jax.Array, schedule: str
+) -> dict | None:
+    """``{plate: schedule state}`` of one chain for every plate (``None``: nothing to keep)."""
+    if not plates or schedule != "epoch":
+        return None
+    keys = jax.random.split(rng_key, len(plates))
+    return {
+        name: batch_schedule_init(key, plate, schedule) for key, (name, plate) in zip(keys, plates)
+    }
+
+
+def next_batches(
+    plates: tuple[tuple[str, PlateInfo], ...],
+    schedules: dict | None,
+    rng_key: jax.Array,
+    num_chains: int | None = None,
+) -> tuple[dict | None, dict]:
+    """Advance every plate's batch schedule, for one chain or for ``num_chains`` at once.
+
+    Args:
+        plates: ``((name, PlateInfo), ...)``; empty for a full-batch model.
+        schedules: from :func:`batch_schedules_init` (leaves batched over chains when
+            ``num_chains`` is given), or ``None`` for ``"with_replacement"``.
+        rng_key: a single key; each chain gets its own stream from it.
+
+    Returns:
+        ``(new_schedules, {plate: indices})`` with indices ``(B,)``, or ``(num_chains, B)``;
+        each chain draws its own batches.
+    """
+    if not plates:
+        return schedules, {}
+    keys = jax.random.split(rng_key, len(plates))
+    new_schedules, indices = {}, {}
+    for key, (name, plate) in zip(keys, plates):
+        state = None if schedules is None else schedules[name]
+        if num_chains is None:
+            new_schedules[name], indices[name] = batch_schedule_next(state, key, plate)
+        else:
+            new_schedules[name], indices[name] = jax.vmap(
+                lambda s, k, plate=plate: batch_schedule_next(s, k, plate)
+            )(state, jax.random.split(key, num_chains))
+    return (None if schedules is None else new_schedules), indices
 
 
 def batch_schedule_next(

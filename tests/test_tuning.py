@@ -95,7 +95,7 @@ def test_gradient_noise_ema_estimates_std_and_equalises_noise():
 
 
 def test_noise_limited_step_size_formula():
-    state = tuning.GradientNoiseState(jnp.zeros(10), jnp.full(10, 4.0))
+    state = tuning.GradientNoiseState(jnp.zeros(10), jnp.full(10, 4.0), jnp.zeros(10))
     limit = tuning.noise_limited_step_size(state, 1.0, 0.2)
     np.testing.assert_allclose(limit, 0.2 * 9 / (4.0 * np.sqrt(10)), rtol=1e-6)
 

@@ -1,0 +1,362 @@
+"""ArviZ ``InferenceData`` from ensemble draws, with per-datum quantities over the FULL data.
+
+Draws come from mini-batch chains, but LOO, WAIC and predictive checks need every data point:
+the log-likelihood and posterior-predictive groups are computed here by replaying the model's
+full-data view (every subsample plate sees all N points) at each draw. That is K x S x N
+numbers, so it runs in chunks of draws sized to a memory budget (``CHUNK_ELEMENTS``), each
+chunk one call of a function compiled once, copied to host memory before the next: the
+device never holds a members x draws x N array. For very large N, ``log_likelihood=m`` uses a
+fixed random subset of m points instead (recorded as the coordinate values), and
+``log_likelihood=False`` skips it.
+
+All of ArviZ lives in this module (NUMPYRO_NOTES.md section 0: ArviZ 1.x replaces
+``InferenceData``; a DataTree path would be added here).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from numpyro import handlers
+from numpyro.infer.util import constrain_fn
+
+from numpyro_smile import minibatch
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "constrain_draws",
+    "map_draws",
+    "observations_fn",
+    "posterior_site_names",
+    "site_dims",
+    "to_inference_data",
+    "trace_model",
+]
+
+#: Elements (float32: 4 bytes each) of output per chunk of draws: 2**24 is 64 MiB.
+CHUNK_ELEMENTS = 2**24
+
+
+def trace_model(
+    model: Callable, params: dict, model_args: tuple, model_kwargs: dict, rng_key=None
+) -> dict:
+    """The trace of ``model`` with its latent sites set to the constrained ``params``."""
+    seeded = handlers.seed(
+        handlers.substitute(model, data=params), rng_seed=0 if rng_key is None else rng_key
+    )
+    return handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
+
+
+def _per_draw_elements(fn: Callable, draw: dict, *extra) -> int:
+    shapes = jax.eval_shape(fn, draw, jax.random.key(0), *extra)
+    return max(1, sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)))
+
+
+def map_draws(
+    fn: Callable,
+    draws: dict,
+    rng_key: jax.Array,
+    *extra: Any,
+    chunk_size: int | None = None,
+) -> dict:
+    """Apply ``fn(draw, key, *extra) -> pytree`` to every draw, in chunks, onto host memory.
+
+    Args:
+        fn: a function of one draw (a dict of arrays without the leading axes) and a key.
+        draws: dict of host or device arrays with leading ``(K, S)`` (members, draws).
+        rng_key: base key; draw (k, s) gets ``fold_in(fold_in(rng_key, k), s)``, so results do
+            not depend on the chunk size.
+        extra: arrays passed to every call (e.g. the data), as jit arguments.
+        chunk_size: draws per chunk (default: as many as fit ``CHUNK_ELEMENTS``). The last
+            chunk is padded, so ``fn`` is compiled exactly once.
+
+    Returns:
+        ``fn``'s output tree with leading ``(K, S)``, as NumPy arrays.
+    """
+    num_members, num_draws = jax.tree.leaves(draws)[0].shape[:2]
+    one = jax.tree.map(lambda a: jnp.asarray(a[0, 0]), draws)
+    if chunk_size is None:
+        per_draw = num_members * _per_draw_elements(fn, one, *extra)
+        chunk_size = max(1, min(num_draws, CHUNK_ELEMENTS // per_draw))
+    chunk_size = min(chunk_size, num_draws)
+
+    @jax.jit
+    def run_chunk(chunk, draw_ids, key, *extra):
+        def per_draw(draw, member, draw_id):
+            return fn(draw, jax.random.fold_in(jax.random.fold_in(key, member), draw_id), *extra)
+
+        over_draws = jax.vmap(per_draw, in_axes=(0, None, 0))
+        return jax.vmap(over_draws, in_axes=(0, 0, None))(chunk, jnp.arange(num_members), draw_ids)
+
+    out = None
+    for start in range(0, num_draws, chunk_size):
+        size = min(chunk_size, num_draws - start)
+        ids = np.minimum(np.arange(start, start + chunk_size), num_draws - 1)
+        chunk = jax.tree.map(lambda a, ids=ids: a[:, ids], draws)
+        result = jax.device_get(run_chunk(chunk, jnp.asarray(ids), rng_key, *extra))
+        if out is None:
+            out = jax.tree.map(
+                lambda a: np.empty((num_members, num_draws, *a.shape[2:]), a.dtype), result
+            )
+        for dest, src in zip(jax.tree.leaves(out), jax.tree.leaves(result)):
+            dest[:, start : start + size] = src[:, :size]
+    return out
+
+
+def observations_fn(
+    model: Callable, model_args: tuple, model_kwargs: dict, predictive: bool
+) -> Callable:
+    """``(params, key) -> {"log_likelihood": {site: (n...)}, "posterior_predictive": {...}}``.
+
+    Per observed site: the pointwise log-density of the observed values and, when
+    ``predictive``, one draw from the site's distribution (a posterior-predictive replicate).
+    ``params`` are constrained latent values; ``model`` is a full-data (or subset) view.
+    """
+
+    def observations(params, key):
+        model_trace = trace_model(model, params, model_args, model_kwargs, key)
+        log_likelihood, replicates = {}, {}
+        for i, (name, site) in enumerate(_observed_sites(model_trace).items()):
+            value = site["value"]
+            log_likelihood[name] = site["fn"].log_prob(value)
+            if predictive:
+                batch_ndim = jnp.ndim(value) - len(site["fn"].event_shape)
+                site_fn = site["fn"].expand(jnp.shape(value)[:batch_ndim])
+                replicates[name] = site_fn.sample(jax.random.fold_in(key, i))
+        return {"log_likelihood": log_likelihood, "posterior_predictive": replicates}
+
+    return observations
+
+
+def _observed_sites(model_trace: dict) -> dict:
+    return {
+        name: site
+        for name, site in model_trace.items()
+        if site["type"] == "sample" and site["is_observed"]
+    }
+
+
+def posterior_site_names(
+    model: Callable, model_args: tuple, model_kwargs: dict, subsample_plates: dict
+) -> list[str]:
+    """Latent sites and the deterministic sites outside every subsample plate.
+
+    Deterministic sites inside a subsample plate are per data point (K x S x N numbers) and
+    are left out of ``posterior``: replay them on the data you need with
+    ``numpyro.infer.Predictive`` on the full-data view.
+    """
+    model_trace = trace_model(
+        _one_point_view(model, subsample_plates), {}, model_args, model_kwargs
+    )
+    names = []
+    for name, site in model_trace.items():
+        frames = {frame.name for frame in site.get("cond_indep_stack", ())}
+        if site["type"] == "sample" and not site["is_observed"]:
+            names.append(name)
+        elif site["type"] == "deterministic" and not frames & set(subsample_plates):
+            names.append(name)
+    return names
+
+
+def _one_point_view(model: Callable, subsample_plates: dict) -> Callable:
+    """The model on a one-point batch of every subsample plate (cheap to replay)."""
+    return minibatch.fixed_indices_model(
+        model, {name: jnp.arange(1) for name in subsample_plates}, suffix="_one_point"
+    )
+
+
+def constrain_draws(
+    model: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+    subsample_plates: dict,
+    names: list[str],
+) -> Callable:
+    """``(unconstrained, key) -> {name: constrained value}`` for the given site ``names``.
+
+    The model runs on a one-point batch per plate, so this costs no full-data pass.
+    """
+    one_point = _one_point_view(model, subsample_plates)
+
+    def constrain(z, key):
+        del key
+        values = constrain_fn(one_point, model_args, model_kwargs, z, return_deterministic=True)
+        return {name: values[name] for name in names}
+
+    return constrain
+
+
+def site_dims(model_trace: dict, names) -> dict[str, list[str]]:
+    """ArviZ dims of each site's value: plate axes are named after their plate."""
+    dims = {}
+    for name in names:
+        site = model_trace[name]
+        value = site["value"]
+        ndim = jnp.ndim(value)
+        event_dim = len(site["fn"].event_shape) if site["type"] == "sample" else 0
+        names_ = [f"{name}_dim_{i}" for i in range(ndim)]
+        for frame in site.get("cond_indep_stack", ()):
+            axis = ndim - event_dim + frame.dim
+            if 0 <= axis < ndim:
+                names_[axis] = frame.name
+        if ndim:
+            dims[name] = names_
+    return dims
+
+
+def _dataset(values: dict, dims: dict, coords: dict, leading: tuple[str, ...]) -> xr.Dataset:
+    """A Dataset of ``{name: array}`` whose arrays lead with the ``leading`` dims."""
+    data_vars = {}
+    for name, value in values.items():
+        value = np.asarray(value)
+        inner = dims.get(name, [f"{name}_dim_{i}" for i in range(value.ndim - len(leading))])
+        data_vars[name] = (leading + tuple(inner), value)
+    dataset = xr.Dataset(data_vars)
+    used = {d for var in dataset.data_vars.values() for d in var.dims}
+    return dataset.assign_coords(
+        {name: value for name, value in coords.items() if name in used}
+        | {dim: np.arange(dataset.sizes[dim]) for dim in leading}
+    )
+
+
+def to_inference_data(
+    model: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+    *,
+    subsample_plates: dict,
+    draws: dict,
+    sample_stats: dict,
+    pretrained: dict,
+    pretraining: dict,
+    rng_key: jax.Array,
+    log_likelihood: bool | int = True,
+    posterior_predictive: bool = False,
+    attrs: dict | None = None,
+) -> az.InferenceData:
+    """Assemble the ensemble's ``InferenceData``.
+
+    Args:
+        model: the user's model (with its subsample plates).
+        subsample_plates: ``{name: PlateInfo}`` of the training data.
+        draws: unconstrained latent draws, leaves ``(K, S, ...)``.
+        sample_stats: ``{name: (K, S)}``.
+        pretrained: unconstrained pretrained points, leaves ``(K, ...)``.
+        pretraining: ``{name: (K, E)}`` per-epoch curves and ``{name: (K,)}`` summaries.
+        log_likelihood: True (all N points), an int m (a fixed random subset of m points per
+            subsample plate), or False (skip).
+        posterior_predictive: also draw one replicate of the observed sites per draw.
+
+    Groups: ``posterior`` (chain = member), ``sample_stats``, ``log_likelihood``,
+    ``posterior_predictive``, ``observed_data``, ``pretrained`` (the pretrained points as one
+    draw per member, constrained) and ``pretraining`` (loss curves over ``epoch``).
+    """
+    key_ll, key_subset = jax.random.split(rng_key)
+    arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
+    names = posterior_site_names(model, model_args, model_kwargs, subsample_plates)
+
+    def constrain(z, key, *arrays):
+        args, kwargs = bind(arrays)
+        return constrain_draws(model, args, kwargs, subsample_plates, names)(z, key)
+
+    posterior = map_draws(constrain, draws, rng_key, *arrays)
+    pretrained_values = map_draws(
+        constrain, jax.tree.map(lambda a: np.asarray(a)[:, None], pretrained), rng_key, *arrays
+    )
+
+    # Observed sites and dims from one full-data trace.
+    full_view = minibatch.full_data_model(model, subsample_plates)
+    first = jax.tree.map(lambda a: np.asarray(a)[0, 0], posterior)
+    full_trace = trace_model(full_view, first, model_args, model_kwargs)
+    observed = _observed_sites(full_trace)
+    dims = site_dims(full_trace, list(observed) + list(posterior))
+    observed_data = {name: np.asarray(site["value"]) for name, site in observed.items()}
+    coords: dict[str, np.ndarray] = {}
+
+    groups: dict[str, dict] = {}
+    if log_likelihood is not False or posterior_predictive:
+        view, coords = _likelihood_view(model, subsample_plates, log_likelihood, key_subset)
+
+        def observations(params, key, *arrays):
+            args, kwargs = bind(arrays)
+            return observations_fn(view, args, kwargs, posterior_predictive)(params, key)
+
+        replayed = map_draws(observations, posterior, key_ll, *arrays)
+        if log_likelihood is not False:
+            groups["log_likelihood"] = replayed["log_likelihood"]
+        if posterior_predictive:
+            groups["posterior_predictive"] = replayed["posterior_predictive"]
+
+    with warnings.catch_warnings():
+        # K members with few draws (the pretrained group has one) is the normal regime here.
+        warnings.filterwarnings("ignore", message="More chains")
+        posterior_coords = {**coords} if posterior_predictive and coords else {}
+        idata = az.InferenceData(
+            posterior=_dataset(posterior, dims, {}, ("chain", "draw")),
+            sample_stats=_dataset(sample_stats, {}, {}, ("chain", "draw")),
+            observed_data=_dataset(observed_data, dims, {}, ()),
+            **{
+                name: _dataset(
+                    values,
+                    dims,
+                    coords if name == "log_likelihood" else posterior_coords,
+                    ("chain", "draw"),
+                )
+                for name, values in groups.items()
+            },
+        )
+        extra = {"pretrained": _dataset(pretrained_values, dims, {}, ("chain", "draw"))}
+        if pretraining:
+            extra["pretraining"] = _pretraining_dataset(pretraining)
+        idata.add_groups(extra, warn_on_custom_groups=False)
+    for group in idata.groups():
+        idata[group].attrs.update(_attrs(attrs))
+    return idata
+
+
+def _likelihood_view(model, subsample_plates, log_likelihood, rng_key):
+    """The model view replayed for ``log_likelihood``/``posterior_predictive``, and coords."""
+    if log_likelihood is True or log_likelihood is False or not subsample_plates:
+        return minibatch.full_data_model(model, subsample_plates), {}
+    size = int(log_likelihood)
+    if size < 1:
+        raise ValueError(f"log_likelihood must be True, False or a positive int, got {size}.")
+    indices, coords = {}, {}
+    for key, (name, plate) in zip(
+        jax.random.split(rng_key, len(subsample_plates)), subsample_plates.items()
+    ):
+        chosen = np.sort(
+            np.asarray(jax.random.choice(key, plate.size, (min(size, plate.size),), replace=False))
+        )
+        indices[name], coords[name] = jnp.asarray(chosen), chosen
+    return minibatch.fixed_indices_model(model, indices), coords
+
+
+def _pretraining_dataset(pretraining: dict) -> xr.Dataset:
+    data_vars = {}
+    for name, value in pretraining.items():
+        value = np.asarray(value)
+        data_vars[name] = (("chain", "epoch")[: value.ndim], value)
+    dataset = xr.Dataset(data_vars)
+    return dataset.assign_coords({dim: np.arange(n) for dim, n in dataset.sizes.items()})
+
+
+def _attrs(attrs: dict | None) -> dict:
+    import numpyro_smile
+
+    base = {
+        "inference_library": "numpyro_smile",
+        "inference_library_version": numpyro_smile.__version__,
+        "created_at": str(np.datetime_as_string(np.datetime64("now"), unit="s")),
+    }
+    # netCDF attributes must be strings or numbers.
+    return base | {
+        k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in (attrs or {}).items()
+    }
