@@ -23,6 +23,7 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
 from numpyro_smile import inference_data, minibatch
@@ -102,7 +103,7 @@ def evaluate(
         raise ValueError(f"{site!r} is not an observed site of the model ({observed}).")
     draws = {name: dataset[name].values for name in latent}
     labels = np.asarray(prior_trace[site]["value"])
-    fn = prior_trace[site]["fn"]
+    fn = _elementwise(prior_trace[site]["fn"])
     classification = fn.support.is_discrete and hasattr(fn, "probs")
     has_cdf = not fn.support.is_discrete and _has_cdf(fn, prior_trace[site]["value"])
     arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
@@ -110,17 +111,17 @@ def evaluate(
     def per_draw(params, key, *arrays):
         args, kwargs = bind(arrays)
         model_site = inference_data.trace_model(view, params, args, kwargs, key)[site]
-        site_fn, value = model_site["fn"], model_site["value"]
-        out = {"log_likelihood": site_fn.log_prob(value)}
+        site_fn, value = _elementwise(model_site["fn"]), model_site["value"]
+        out = {"log_likelihood": model_site["fn"].log_prob(value)}
         if classification:
             probs = site_fn.probs
-            out["probs"] = (
-                jnp.stack([1 - probs, probs], -1) if probs.shape == value.shape else probs
-            )
+            if jnp.ndim(probs) == jnp.ndim(value):  # Bernoulli: P(y = 1) per point
+                probs = jnp.stack([1 - probs, probs], -1)
+            out["probs"] = jnp.broadcast_to(probs, (*jnp.shape(value), probs.shape[-1]))
         else:
-            out["mean"] = site_fn.mean
+            out["mean"] = jnp.broadcast_to(site_fn.mean, jnp.shape(value))
             if has_cdf:
-                out["cdf"] = site_fn.cdf(value)
+                out["cdf"] = jnp.broadcast_to(site_fn.cdf(value), jnp.shape(value))
         return out
 
     result = inference_data.map_draws(per_draw, draws, jax.random.key(0), *arrays)
@@ -142,6 +143,13 @@ def evaluate(
             squared.append((coverage - level) ** 2)
         metrics["calibration_error"] = float(np.sqrt(np.mean(squared)))
     return metrics
+
+
+def _elementwise(fn):
+    """The distribution under plate broadcasting and masking (parameters broadcast)."""
+    while isinstance(fn, (dist.ExpandedDistribution, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    return fn
 
 
 def _has_cdf(fn, value) -> bool:

@@ -1,0 +1,100 @@
+"""Metrics, data protocol and chunked replay: checked against closed forms."""
+
+from __future__ import annotations
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from scipy import stats
+
+from numpyro_smile import evaluate
+from numpyro_smile.datasets import load_table, split_standardize
+from numpyro_smile.evaluation import expected_calibration_error, lppd
+from numpyro_smile.inference_data import map_draws
+
+from .conftest import DATA_DIR
+
+
+def location_model(y=None, batch_size=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    with numpyro.plate("data", 300 if y is None else y.shape[0], subsample_size=batch_size):
+        target = None if y is None else numpyro.subsample(y, event_dim=0)
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=target)
+
+
+def test_regression_metrics_of_a_known_predictive():
+    """Draws of mu from N(0, 0.5^2): the predictive is N(0, 1.25) exactly (a Gaussian mixture)."""
+    rng = np.random.default_rng(0)
+    mu = rng.normal(0.0, 0.5, size=(4, 2000)).astype(np.float32)
+    idata = az.from_dict(posterior={"mu": mu})
+    y_test = rng.normal(0.0, np.sqrt(1.25), size=3000).astype(np.float32)
+    metrics = evaluate(location_model, idata, y_test, batch_size=64)
+    exact_lppd = np.mean(stats.norm(0, np.sqrt(1.25)).logpdf(y_test))
+    # the mixture of 8000 draws approximates the exact predictive density closely
+    assert abs(metrics["lppd"] - exact_lppd) < 0.01
+    assert abs(metrics["rmse"] - np.sqrt(np.mean((y_test - mu.mean()) ** 2))) < 1e-4
+    for level in (50, 80, 90, 95):
+        # coverage of calibrated intervals: binomial sd sqrt(p (1 - p) / 3000) <= 0.0092
+        assert abs(metrics[f"coverage_{level}"] - level / 100) < 4 * 0.0092
+    assert metrics["calibration_error"] < 0.03 and metrics["num_draws"] == 8000
+    # a too-narrow predictive (N(0, 1) for data of sd 1.5 sqrt(1.25)) covers P(|Z| < 0.98)
+    narrow = evaluate(location_model, az.from_dict(posterior={"mu": 0 * mu[:, :10]}), 1.5 * y_test)
+    assert abs(narrow["coverage_90"] - 0.673) < 4 * 0.0092
+
+
+def test_lppd_is_log_mean_exp_over_pooled_draws():
+    log_lik = np.log(np.array([[[0.2, 0.5]], [[0.4, 0.1]]]))  # (K=2, S=1, n=2)
+    expected = np.mean(np.log([0.3, 0.3]))
+    assert lppd(log_lik) == pytest.approx(expected)
+
+
+def test_expected_calibration_error():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    labels = np.array([0, 1, 1, 1])
+    # bins: 0.9 -> correct; 0.8 -> wrong; 0.7 -> correct; 0.55 -> correct
+    expected = 0.25 * (0.1 + 0.8 + 0.3 + 0.45)
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected)
+
+
+def test_evaluate_errors():
+    idata = az.from_dict(posterior={"mu": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match="no 'pretrained' group"):
+        evaluate(location_model, idata, np.zeros(5, np.float32), group="pretrained")
+    with pytest.raises(ValueError, match="lacks the model's latent sites"):
+        evaluate(location_model, az.from_dict(posterior={"nu": np.zeros((2, 3))}), np.zeros(5))
+
+
+def test_map_draws_does_not_depend_on_the_chunk_size():
+    draws = {"x": jnp.arange(2 * 7 * 3, dtype=jnp.float32).reshape(2, 7, 3)}
+
+    def fn(draw, key, scale):
+        return {"y": scale * draw["x"].sum() + jax.random.normal(key)}
+
+    results = [
+        map_draws(fn, draws, jax.random.key(0), jnp.float32(2.0), chunk_size=size)["y"]
+        for size in (1, 3, 7, None)
+    ]
+    for result in results[1:]:
+        np.testing.assert_array_equal(result, results[0])
+    assert results[0].shape == (2, 7) and isinstance(results[0], np.ndarray)
+
+
+def test_split_standardize_protocol():
+    X, y = load_table(DATA_DIR / "airfoil.data")
+    assert X.shape == (1503, 5) and y.shape == (1503,)
+    split = split_standardize(X, y, seed=1)
+    sizes = [len(part[1]) for part in split]
+    assert sizes == [1052, 150, 301]
+    X_all = np.concatenate([part[0] for part in split])
+    y_all = np.concatenate([part[1] for part in split])
+    np.testing.assert_allclose(X_all.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(X_all.std(0), 1, atol=1e-5)
+    np.testing.assert_allclose([y_all.mean(), y_all.std()], [0, 1], atol=1e-5)
+    other = split_standardize(X, y, seed=2)
+    assert not np.array_equal(other.test[1], split.test[1])
+    labels = split_standardize(X, (y > np.median(y)).astype(int), 1, classification=True)
+    assert labels.train[1].dtype == np.int32 and set(np.unique(labels.train[1])) == {0, 1}
