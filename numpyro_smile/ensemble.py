@@ -176,6 +176,7 @@ class SMILEEnsemble:
         self.kernel: SMILE | None = None
         self.last_state: SMILEState | None = None
         self.timings: dict[str, float] = {}
+        self._last_compile = 0.0
         self._plates: dict[str, minibatch.PlateInfo] = {}
 
     @property

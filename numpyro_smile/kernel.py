@@ -542,7 +542,13 @@ class SMILE(MCMCKernel):
             self._plates = minibatch.inspect_model(self._model, model_args, model_kwargs)
             init_keys = rng_key if (self._vectorized and init_params is None) else first_key
             model_info = minibatch.initialize_subsampled_model(
-                init_keys, self._model, self._plates, self._init_strategy, model_args, model_kwargs
+                init_keys,
+                self._model,
+                self._plates,
+                self._init_strategy,
+                model_args,
+                model_kwargs,
+                shapes_only=init_params is not None,
             )
             self._potential_fn_gen = model_info.potential_fn
             self._postprocess_fn_gen = model_info.postprocess_fn

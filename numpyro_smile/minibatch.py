@@ -249,6 +249,7 @@ def initialize_subsampled_model(
     init_strategy: Callable,
     model_args: tuple,
     model_kwargs: dict,
+    shapes_only: bool = False,
 ) -> ModelInfo:
     """``numpyro.infer.util.initialize_model`` for a model whose plates take given indices.
 
@@ -257,7 +258,8 @@ def initialize_subsampled_model(
     of the unconstrained latent values on that batch (N / B-scaled), or with ``arange(N)``
     for the full data. Initialisation evaluates the first B points of every plate (NumPyro's
     own seeded plate would shuffle all N on CPU). ``rng_key`` may be ``(K,)`` keys, giving
-    ``(K, ...)`` initial values.
+    ``(K, ...)`` initial values. ``shapes_only=True`` (for callers with their own initial
+    values) only traces: ``param_info`` then holds ``jax.ShapeDtypeStruct`` leaves.
     """
     if plates:
         first_batch = {name: jnp.arange(plate.subsample_size) for name, plate in plates.items()}
@@ -281,6 +283,9 @@ def initialize_subsampled_model(
     # eagerly, NumPyro's search for a valid point compiles every
     # primitive separately (7 s of an 11 s start-up for an airfoil MLP on 2 cores). The
     # potential and postprocess generators (dynamic_args=True) hold no traced values.
+    if shapes_only:
+        param_info = jax.eval_shape(initial_params, rng_key, arrays)
+        return built["info"]._replace(param_info=param_info, model_trace=None)
     param_info = jax.jit(initial_params)(rng_key, arrays)
     energy = param_info.potential_energy
     if not isinstance(energy, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(energy))):

@@ -200,11 +200,11 @@ def test_classification_ensemble():
     y = (X[:, 0] + X[:, 1] > 0).astype(np.int32)
     model = partial(mlp_classification, num_classes=2, hidden=(4,), batch_size=64)
     ensemble = SMILEEnsemble(
-        model, num_members=2, num_warmup=200, num_samples=100, thinning=5, pretrain_steps=50
+        model, num_members=2, num_warmup=200, num_samples=100, thinning=5, pretrain_steps=402
     )
     idata = ensemble.run(jax.random.key(3), X, y)
-    # 50 steps of 300 // 64 = 4 batches per epoch: 13 epochs (rounded up to whole epochs)
-    assert idata.pretraining["train_loss"].shape == (2, 13)
+    # 402 steps of 300 // 64 = 4 batches per epoch: 101 epochs (rounded up to whole epochs)
+    assert idata.pretraining["train_loss"].shape == (2, 101)
     X_test = rng.normal(size=(200, 2)).astype(np.float32)
     y_test = (X_test[:, 0] + X_test[:, 1] > 0).astype(np.int32)
     metrics = ensemble.evaluate(idata, X_test, y_test)
