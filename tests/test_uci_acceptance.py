@@ -4,8 +4,8 @@ The papers' protocol on UCI airfoil (standardise, 70/10/20 split with seed 1), M
 N(0, 1) priors and a learned noise scale, K = 4 members, 5,000 warmup and 10,000 sampling
 steps thinned by 10 (``python -m benchmarks.ensemble_uci`` runs the same on any file and
 seed). Target: test LPPD at least the deep ensemble's + 0.3, in mini-batch (SMILE, B = 256)
-and in full-batch (MILE) mode. Measured on seeds 1-3 (docs/benchmarks.md): gains of
-+0.47 to +0.61; the margin of 0.3 is far outside the seed-to-seed spread of about 0.05.
+and in full-batch (MILE) mode. Measured on seeds 1-3 (docs/benchmarks.md): gains of +0.40 to
++0.47 (SMILE) and +0.55 to +0.65 (MILE); runs are deterministic for a given key.
 """
 
 from __future__ import annotations
