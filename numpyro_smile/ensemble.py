@@ -95,7 +95,9 @@ class SMILEEnsemble:
         progress_bar: show progress (default: only on a terminal, and never when ``$CI`` is set).
 
     After :meth:`run`: ``last_state`` (the chains' :class:`~numpyro_smile.SMILEState`),
-    ``kernel`` and ``timings`` (seconds per phase; compilation counted separately).
+    ``pretrained_params`` (the members' unconstrained starting points, e.g. for
+    ``MCMC(NUTS(model)).run(..., init_params=...)``), ``kernel`` and ``timings`` (seconds per
+    phase; compilation counted separately).
 
     Example::
 
@@ -176,6 +178,7 @@ class SMILEEnsemble:
         self.kernel: SMILE | None = None
         self.last_state: SMILEState | None = None
         self.timings: dict[str, float] = {}
+        self.pretrained_params: dict | None = None
         self._last_compile = 0.0
         self._plates: dict[str, minibatch.PlateInfo] = {}
 
@@ -201,6 +204,7 @@ class SMILEEnsemble:
         rng_key: jax.Array,
         *model_args: Any,
         validation: tuple | None = None,
+        init_params: dict | None = None,
         **model_kwargs: Any,
     ) -> az.InferenceData:
         """Pretrain, sample and return the ensemble's ``arviz.InferenceData``.
@@ -211,6 +215,10 @@ class SMILEEnsemble:
                 ``mcmc.run``.
             validation: held-out data for early stopping, as the model's positional
                 arguments (e.g. ``(X_val, y_val)``); ``model_kwargs`` are reused.
+            init_params: the members' starting points instead of the init strategy's:
+                unconstrained values per latent site with a leading ``(num_members,)`` axis
+                (e.g. ``pretrained_params`` of an earlier run, or your own trained networks).
+                Pretraining starts from them; with ``pretrain_epochs=0`` the chains do.
         """
         if not is_prng_key(rng_key):
             raise TypeError(
@@ -242,8 +250,12 @@ class SMILEEnsemble:
                 self.init_strategy,
                 model_args,
                 model_kwargs,
+                shapes_only=init_params is not None,
             )
             initial = info.param_info.z
+            if init_params is not None:
+                _check_member_params(init_params, initial, self.num_members)
+                initial = jax.tree.map(jnp.asarray, init_params)
             unravel = ravel_pytree(jax.tree.map(lambda a: a[0], initial))[1]
             positions = jax.vmap(lambda z: ravel_pytree(z)[0])(initial)
             positions, pretraining = self._pretrain(
@@ -257,8 +269,10 @@ class SMILEEnsemble:
                 key_pretrain,
                 progress,
             )
-            init_params = jax.vmap(unravel)(positions)
-            state = self._init_chains(key_chains, init_params, model_args, model_kwargs, mesh)
+            self.pretrained_params = jax.device_get(jax.vmap(unravel)(positions))
+            state = self._init_chains(
+                key_chains, self.pretrained_params, model_args, model_kwargs, mesh
+            )
             state = self._warmup(state, arrays, bind, mesh, progress)
             draws, stats, state = self._sample(state, arrays, bind, mesh, progress)
         self.last_state = state
@@ -271,7 +285,7 @@ class SMILEEnsemble:
             subsample_plates=self._plates,
             draws=draws,
             sample_stats=stats,
-            pretrained=jax.device_get(init_params),
+            pretrained=self.pretrained_params,
             pretraining=pretraining,
             rng_key=key_post,
             log_likelihood=self.log_likelihood,
@@ -544,6 +558,20 @@ class SMILEEnsemble:
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _check_member_params(init_params: Any, expected: dict, num_members: int) -> None:
+    """Clear errors for ``init_params`` with the wrong sites or shapes."""
+    if not isinstance(init_params, dict) or set(init_params) != set(expected):
+        got = sorted(init_params) if isinstance(init_params, dict) else type(init_params).__name__
+        raise ValueError(
+            "init_params must be a dict of unconstrained values for the latent sites "
+            f"{sorted(expected)}, each with a leading (num_members,) axis; got {got}."
+        )
+    for name, value in init_params.items():
+        want = (num_members, *np.shape(expected[name])[1:])
+        if np.shape(value) != want:
+            raise ValueError(f"init_params[{name!r}] has shape {np.shape(value)}, expected {want}.")
 
 
 def _store(host: dict | None, buffer: dict, start: int, count: int, num_draws: int) -> dict:

@@ -1,0 +1,520 @@
+"""UCI benchmark suite: SMILE vs MILE, NUTS, SGLD, SGHMC and deep ensembles, side by side.
+
+Protocol (ALGORITHM.md 4.5 and 5.8): standardise, shuffle with the seed, split 70/10/20; an
+MLP (``--hidden``, default 16-16) with N(0, 1) priors; regression (Gaussian likelihood with a
+learned noise scale) or classification (categorical; chosen automatically for integer targets).
+For each seed, one deep ensemble (``de``: ``SMILEEnsemble``'s pretraining, AdamW with early
+stopping) is trained and **every sampler starts from its K members**:
+
+* ``psmile``, ``smile``, ``smile-naive``: our kernel in mini-batch mode (B = ``--batch-size``,
+  at most a quarter of the training set): with the gradient-noise preconditioner, without it,
+  and without any tuning (fixed step size 1e-3, the papers' initial value);
+* ``mile``: our kernel with full-data gradients (MILE's tuning);
+* ``nuts``: NumPyro NUTS chains (full data), vectorized;
+* ``sgld``, ``sghmc``: BlackJAX's SGLD and SGHMC (10 leapfrog steps per mini-batch) with the
+  same number of mini-batch gradients as ``psmile`` and the same epoch batch schedule; the
+  step size is chosen on validation LPPD from a grid (``GRID_SCALE``; ``grid_wall_s`` and
+  ``grid_grad_evals`` report what the grid cost, beyond the chosen run).
+
+Each record of ``DIR/results.json`` holds the test metrics (``test_lppd``, ``test_rmse`` or
+``test_accuracy``, calibration), timings (``wall_s`` for the method's own run including
+compilation, ``compile_s``, ``pretrain_s`` of the shared deep ensemble, ``warmup_s``,
+``sampling_s``), ``grad_evals`` (full-data-equivalent gradient evaluations of warmup and
+sampling, all members), ``resets``, final step sizes and the configuration. ``DIR/results.md``
+has the tables and the targets' verdicts; ``DIR/lppd_vs_time.png`` and
+``DIR/lppd_vs_grad_evals.png`` the trade-offs. Run::
+
+    python -m benchmarks.uci --data ../shared/data/airfoil.data --budget small --out DIR \\
+        [--methods psmile mile nuts ...] [--seeds 1 2 3]
+
+``--budget small`` runs every method on one UCI file in about ten minutes on 2 CPU cores;
+``--budget paper`` uses the papers' budgets (K = 10, 50k warmup, 10k samples, thinning 10,
+B = 256); ``--budget tiny`` is the CI smoke test (seconds of sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from functools import partial
+from pathlib import Path
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from numpyro.infer import MCMC, NUTS
+
+from numpyro_smile import SMILEEnsemble, evaluate, inference_data, minibatch
+from numpyro_smile.datasets import load_table, split_standardize
+from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY
+from numpyro_smile.models import mlp_classification, mlp_regression
+
+METHODS = ("de", "psmile", "smile", "smile-naive", "mile", "nuts", "sgld", "sghmc")
+
+BUDGETS = {
+    "tiny": dict(
+        members=2, warmup=40, samples=40, thinning=4, pretrain_epochs=5,
+        nuts_warmup=10, nuts_samples=10, grid=(0.1, 1.0),
+    ),
+    "small": dict(
+        members=4, warmup=5000, samples=10000, thinning=10, pretrain_epochs=200,
+        nuts_warmup=100, nuts_samples=200, grid=(0.01, 0.1, 1.0),
+    ),
+    "paper": dict(
+        members=10, warmup=50000, samples=10000, thinning=10, pretrain_epochs=200,
+        nuts_warmup=100, nuts_samples=1000, grid=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+    ),
+}  # fmt: skip
+#: Step sizes of the SGLD/SGHMC grids, c in ``grid`` times a scale set by N_train: SGLD's
+#: step is a variance (stable below ~1 / (largest curvature) ~ 1 / N), SGHMC's a time step
+#: (stable below ~1 / sqrt(N)); c = 1 is near the stability limit of a unit-curvature datum.
+GRID_SCALE = {"sgld": lambda n: 0.1 / n, "sghmc": lambda n: 1.0 / math.sqrt(n)}
+#: Leapfrog steps per SGHMC mini-batch (BlackJAX's default).
+SGHMC_STEPS = 10
+NAIVE_STEP_SIZE = 1e-3
+
+
+class Problem:
+    """One data file and seed: the split, the models and the shared deep ensemble."""
+
+    def __init__(self, args: argparse.Namespace, seed: int) -> None:
+        X, y = load_table(args.data)
+        self.name = Path(args.data).stem
+        self.seed = seed
+        self.classification = args.task == "classification" or (
+            args.task == "auto" and np.all(y == np.round(y)) and len(np.unique(y)) <= 10
+        )
+        self.split = split_standardize(X, y, seed, classification=self.classification)
+        self.n_train = len(self.split.train[1])
+        self.batch_size = min(args.batch_size, self.n_train // 4)
+        hidden = tuple(args.hidden)
+        if self.classification:
+            classes = int(max(part[1].max() for part in self.split)) + 1
+            base = partial(mlp_classification, num_classes=classes, hidden=hidden)
+        else:
+            base = partial(mlp_regression, hidden=hidden)
+        self.model = partial(base, batch_size=self.batch_size)
+        self.full_model = partial(base, batch_size=None)
+        self.budget = BUDGETS[args.budget]
+        self.key = jax.random.key(seed)
+
+    def config(self) -> dict:
+        return {
+            "data": self.name,
+            "seed": self.seed,
+            "n_train": self.n_train,
+            "batch_size": self.batch_size,
+            "task": "classification" if self.classification else "regression",
+            **{k: v for k, v in self.budget.items() if k != "grid"},
+        }
+
+    def metrics(self, idata: az.InferenceData, group: str = "posterior", on: str = "test"):
+        data = self.split.test if on == "test" else self.split.valid
+        scores = evaluate(self.model, idata, *data, group=group)
+        renamed = {f"{on}_{k}": float(v) for k, v in scores.items() if k != "num_draws"}
+        return renamed | {"num_draws": int(scores["num_draws"])}
+
+
+def ensemble(problem: Problem, **kwargs) -> SMILEEnsemble:
+    budget = problem.budget
+    return SMILEEnsemble(
+        problem.model,
+        num_members=budget["members"],
+        num_warmup=budget["warmup"],
+        num_samples=budget["samples"],
+        thinning=budget["thinning"],
+        pretrain_epochs=budget["pretrain_epochs"],
+        log_likelihood=False,
+        progress_bar=False,
+        **kwargs,
+    )
+
+
+def run_de(problem: Problem) -> tuple[dict, dict]:
+    """Pretrain the deep ensemble once (with a short chain that is not reported)."""
+    runner = ensemble(problem)
+    runner.num_warmup, runner.num_samples, runner.thinning = 0, 1, 1
+    start = time.perf_counter()
+    idata = runner.run(problem.key, *problem.split.train, validation=problem.split.valid)
+    record = {
+        "method": "de",
+        **problem.metrics(idata, "pretrained"),
+        "wall_s": runner.timings["pretrain_s"],
+        "compile_s": None,
+        "pretrain_s": runner.timings["pretrain_s"],
+        "warmup_s": 0.0,
+        "sampling_s": 0.0,
+        "grad_evals": 0.0,
+        "pretrain_grad_evals": _pretrain_grad_evals(idata, problem),
+        "resets": 0,
+        "setup_s": time.perf_counter() - start,
+    }
+    return record, runner.pretrained_params
+
+
+def _pretrain_grad_evals(idata, problem) -> float:
+    epochs = idata.pretraining["num_epochs"].values.sum()
+    per_epoch = (problem.n_train // min(64, problem.n_train)) * min(64, problem.n_train)
+    return float(epochs * per_epoch / problem.n_train)
+
+
+def run_smile_family(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
+    kernel_kwargs = {
+        "psmile": {},
+        "smile": {"precondition": False},
+        "smile-naive": {"adapt": False, "precondition": False, "step_size": NAIVE_STEP_SIZE},
+        "mile": {},
+    }[method]
+    runner = ensemble(problem, kernel_kwargs=kernel_kwargs, full_batch=method == "mile")
+    runner.pretrain_epochs = 0
+    start = time.perf_counter()
+    idata = runner.run(
+        jax.random.fold_in(problem.key, 1), *problem.split.train, init_params=de_params
+    )
+    wall = time.perf_counter() - start
+    budget = problem.budget
+    steps = budget["members"] * (budget["warmup"] + budget["samples"])
+    share = 1.0 if method == "mile" else problem.batch_size / problem.n_train
+    timings = runner.timings
+    state = runner.last_state
+    return {
+        "method": method,
+        **problem.metrics(idata),
+        "wall_s": wall,
+        "compile_s": timings["compile_s"],
+        "pretrain_s": de["pretrain_s"],
+        "warmup_s": timings["warmup_s"] + timings["init_s"],
+        "sampling_s": timings["sampling_s"],
+        "grad_evals": 2.0 * steps * share,  # McLachlan: two gradients per step
+        "resets": int(np.sum(state.num_resets)),
+        "step_size": np.asarray(state.step_size).tolist(),
+        "L": np.asarray(state.L).tolist() if method == "mile" else None,
+    }
+
+
+def run_nuts(problem: Problem, de_params: dict, de: dict) -> dict:
+    budget = problem.budget
+    members = budget["members"]
+
+    def mcmc(num_warmup, num_samples):
+        return MCMC(
+            NUTS(problem.full_model),
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=members,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
+
+    key = jax.random.fold_in(problem.key, 2)
+    start = time.perf_counter()  # a 1 + 1 step run: what NumPyro spends compiling per run
+    mcmc(1, 1).run(key, *problem.split.train, init_params=de_params)
+    compile_s = time.perf_counter() - start
+    sampler = mcmc(budget["nuts_warmup"], budget["nuts_samples"])
+    start = time.perf_counter()
+    sampler.warmup(
+        key,
+        *problem.split.train,
+        init_params=de_params,
+        extra_fields=("num_steps",),
+        collect_warmup=True,
+    )
+    warmup_steps = int(np.sum(sampler.get_extra_fields()["num_steps"]))
+    warmup_s = time.perf_counter() - start
+    sampler.run(key, *problem.split.train, extra_fields=("num_steps", "diverging"))
+    sampling_s = time.perf_counter() - start - warmup_s
+    fields = sampler.get_extra_fields()
+    idata = az.from_dict(posterior=jax.device_get(sampler.get_samples(group_by_chain=True)))
+    return {
+        "method": "nuts",
+        **problem.metrics(idata),
+        "wall_s": warmup_s + sampling_s,
+        "compile_s": compile_s,
+        "pretrain_s": de["pretrain_s"],
+        "warmup_s": warmup_s,
+        "sampling_s": sampling_s,
+        "grad_evals": float(warmup_steps + np.sum(fields["num_steps"])),
+        "resets": int(np.sum(fields["diverging"])),  # divergent transitions
+        "step_size": np.asarray(sampler.last_state.adapt_state.step_size).tolist(),
+    }
+
+
+def _flat_logdensity(problem: Problem, de_params: dict):
+    plates = minibatch.inspect_model(problem.model, problem.split.train, {})
+    info = minibatch.initialize_subsampled_model(
+        jax.random.key(0), problem.model, plates, DEFAULT_INIT_STRATEGY, problem.split.train, {},
+        shapes_only=True,
+    )  # fmt: skip
+    first = jax.tree.map(lambda a: a[0], de_params)
+    unravel = ravel_pytree(first)[1]
+    arrays, bind = minibatch.split_model_args(problem.split.train, {})
+
+    def logdensity(x, indices, arrays):
+        args, kwargs = bind(arrays)
+        kwargs = {**kwargs, minibatch.SUBSAMPLE_KWARG: indices}
+        return -info.potential_fn(*args, **kwargs)(unravel(x))
+
+    positions = jax.vmap(lambda z: ravel_pytree(z)[0])(de_params)
+    return logdensity, unravel, positions, tuple(plates.items()), arrays
+
+
+def run_sg(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
+    """SGLD or SGHMC (BlackJAX kernels) with a validation-chosen step size."""
+    import blackjax.sgmcmc.sghmc as sghmc
+    import blackjax.sgmcmc.sgld as sgld
+
+    budget = problem.budget
+    logdensity, unravel, positions, plates, arrays = _flat_logdensity(problem, de_params)
+    grads_per_step = 1 if method == "sgld" else SGHMC_STEPS
+    # the same number of mini-batch gradients as psmile (two per McLachlan step)
+    warmup = max(1, 2 * budget["warmup"] // grads_per_step)
+    sampling = max(1, 2 * budget["samples"] // grads_per_step)
+    draws = min(budget["samples"] // budget["thinning"], sampling)
+    thinning = sampling // draws
+    kernel = sgld.build_kernel() if method == "sgld" else sghmc.build_kernel()
+
+    def chain(x, key, step_size, arrays):
+        def grad_estimator(position, indices):
+            return jax.grad(logdensity)(position, indices, arrays)
+
+        def step(carry, key):
+            x, schedules = carry
+            key_batch, key_step = jax.random.split(key)
+            schedules, indices = minibatch.next_batches(plates, schedules, key_batch)
+            if method == "sgld":
+                x = kernel(key_step, x, grad_estimator, indices, step_size)
+            else:
+                x = kernel(key_step, x, grad_estimator, indices, step_size, SGHMC_STEPS)
+            return (x, schedules), None
+
+        key_schedule, key_warmup, key_sampling = jax.random.split(key, 3)
+        carry = (x, minibatch.batch_schedules_init(plates, key_schedule, "epoch"))
+        carry, _ = jax.lax.scan(step, carry, jax.random.split(key_warmup, warmup))
+
+        def draw(carry, key):
+            carry, _ = jax.lax.scan(step, carry, jax.random.split(key, thinning))
+            return carry, carry[0]
+
+        _, xs = jax.lax.scan(draw, carry, jax.random.split(key_sampling, draws))
+        return xs
+
+    run = jax.jit(jax.vmap(chain, in_axes=(0, 0, None, None)))
+    keys = jax.random.split(jax.random.fold_in(problem.key, 3), budget["members"])
+    start = time.perf_counter()
+    compiled = run.lower(positions, keys, 1.0, arrays).compile()
+    compile_s = time.perf_counter() - start
+    candidates = []
+    for c in budget["grid"]:
+        step_size = c * GRID_SCALE[method](problem.n_train)
+        start = time.perf_counter()
+        xs = jax.block_until_ready(compiled(positions, keys, step_size, arrays))
+        wall = time.perf_counter() - start
+        idata = _draws_to_idata(problem, xs, unravel)
+        valid = problem.metrics(idata, on="valid")["valid_lppd"] if idata else -math.inf
+        candidates.append((valid if np.isfinite(valid) else -math.inf, step_size, wall, idata))
+    best = max(candidates, key=lambda c: c[0])
+    _, step_size, wall, idata = best
+    share = problem.batch_size / problem.n_train
+    grad_evals = budget["members"] * (warmup + sampling) * grads_per_step * share
+    return {
+        "method": method,
+        **(problem.metrics(idata) if idata else {"test_lppd": -math.inf}),
+        "wall_s": wall + compile_s,
+        "compile_s": compile_s,
+        "pretrain_s": de["pretrain_s"],
+        "warmup_s": wall * warmup / (warmup + sampling),
+        "sampling_s": wall * sampling / (warmup + sampling),
+        "grad_evals": grad_evals,
+        "resets": 0,
+        "step_size": step_size,
+        "grid": [{"step_size": c[1], "valid_lppd": c[0]} for c in candidates],
+        "grid_wall_s": sum(c[2] for c in candidates) - wall,
+        "grid_grad_evals": grad_evals * (len(candidates) - 1),
+    }
+
+
+def _draws_to_idata(problem: Problem, xs, unravel) -> az.InferenceData | None:
+    """Flat ``(K, S, d)`` draws -> InferenceData of constrained sites (None if not finite)."""
+    xs = np.asarray(xs)
+    if not np.all(np.isfinite(xs)):
+        return None
+    z = jax.vmap(jax.vmap(unravel))(jnp.asarray(xs))
+    train = problem.split.train
+    plates = minibatch.inspect_model(problem.model, train, {})
+    names = inference_data.posterior_site_names(problem.model, train, {}, plates)
+    constrain = inference_data.constrain_draws(problem.model, train, {}, plates, names)
+    posterior = inference_data.map_draws(constrain, z, jax.random.key(0))
+    return az.from_dict(posterior=posterior)
+
+
+def run_problem(args: argparse.Namespace, seed: int) -> list[dict]:
+    problem = Problem(args, seed)
+    de, de_params = run_de(problem)
+    records = []
+    for method in args.methods:
+        if method == "de":
+            record = de
+        elif method in ("psmile", "smile", "smile-naive", "mile"):
+            record = run_smile_family(problem, method, de_params, de)
+        elif method == "nuts":
+            record = run_nuts(problem, de_params, de)
+        else:
+            record = run_sg(problem, method, de_params, de)
+        record = {**record, "total_s": record["wall_s"] + de["pretrain_s"], **problem.config()}
+        records.append(_rounded(record))
+        print(json.dumps(records[-1]), flush=True)
+    return records
+
+
+def _rounded(record: dict) -> dict:
+    def round_(value):
+        if isinstance(value, float):
+            return float(f"{value:.5g}") if math.isfinite(value) else None
+        if isinstance(value, list):
+            return [round_(v) for v in value]
+        if isinstance(value, dict):
+            return {k: round_(v) for k, v in value.items()}
+        return value
+
+    return {k: round_(v) for k, v in record.items()}
+
+
+# ------------------------------------------------------------------------- reporting
+
+
+def _mean(records, key):
+    values = [r[key] for r in records if r.get(key) is not None]
+    return float(np.mean(values)) if values else math.nan
+
+
+def markdown(records: list[dict]) -> str:
+    lines = []
+    for data in dict.fromkeys(r["data"] for r in records):
+        rows = [r for r in records if r["data"] == data]
+        score = "test_accuracy" if "test_accuracy" in rows[0] else "test_rmse"
+        seeds = sorted({r["seed"] for r in rows})
+        lines += [
+            f"### {data} (seeds {', '.join(map(str, seeds))}; means over seeds)",
+            "",
+            f"| method | test LPPD | {score[5:]} | wall s | grad evals | resets | step size |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r["method"] == method]
+            step = mine[0].get("step_size")
+            step = f"{np.mean(step):.2e}" if step is not None else ""
+            lines.append(
+                f"| {method} | {_mean(mine, 'test_lppd'):.3f} | {_mean(mine, score):.3f} "
+                f"| {_mean(mine, 'wall_s'):.1f} | {_mean(mine, 'grad_evals'):.0f} "
+                f"| {_mean(mine, 'resets'):.0f} | {step} |"
+            )
+        lines += ["", *targets(rows), ""]
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The suite's targets, each with its verdict and margin (where the methods ran)."""
+
+    def get(method, key):
+        return _mean([r for r in rows if r["method"] == method], key)
+
+    out = []
+    methods = {r["method"] for r in rows}
+    if {"psmile", "mile"} <= methods:
+        gap = get("psmile", "test_lppd") - get("mile", "test_lppd")
+        ratio = get("psmile", "grad_evals") / get("mile", "grad_evals")
+        ok = gap >= -0.02 and ratio <= 0.2
+        out.append(
+            f"- psmile LPPD >= mile - 0.02 with <= 1/5 of its gradients: "
+            f"{'met' if ok else 'missed'} (LPPD difference {gap:+.3f}, gradient ratio "
+            f"{ratio:.2f})"
+        )
+    if {"psmile", "nuts"} <= methods:
+        gap = get("psmile", "test_lppd") - get("nuts", "test_lppd")
+        speed = get("nuts", "wall_s") / get("psmile", "wall_s")
+        ok = gap >= 0 and speed >= 20
+        out.append(
+            f"- psmile LPPD >= nuts with >= 20x less wall time: {'met' if ok else 'missed'} "
+            f"(LPPD difference {gap:+.3f}, nuts/psmile wall time {speed:.1f}x)"
+        )
+    for baseline in ("sgld", "sghmc"):
+        if {"psmile", baseline} <= methods:
+            gap = get("psmile", "test_lppd") - get(baseline, "test_lppd")
+            out.append(
+                f"- psmile beats tuned {baseline} at the same mini-batch gradients (no grid): "
+                f"{'met' if gap > 0 else 'missed'} (LPPD difference {gap:+.3f}; the "
+                f"{baseline} grid cost {get(baseline, 'grid_wall_s'):.1f} s more)"
+            )
+    return out
+
+
+def plots(records: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, label, name in [
+        ("wall_s", "wall time of the method's run, s (log)", "lppd_vs_time.png"),
+        ("grad_evals", "full-data gradient evaluations (log)", "lppd_vs_grad_evals.png"),
+    ]:
+        datasets = list(dict.fromkeys(r["data"] for r in records))
+        fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+        for ax, data in zip(axes[0], datasets):
+            for method in dict.fromkeys(r["method"] for r in records):
+                rows = [r for r in records if r["data"] == data and r["method"] == method]
+                xs = [r[key] for r in rows if r.get(key) and r.get("test_lppd") is not None]
+                ys = [r["test_lppd"] for r in rows if r.get(key) and r.get("test_lppd") is not None]
+                if xs:
+                    ax.scatter(xs, ys, label=method)
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel("test LPPD")
+            ax.set_title(data)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, nargs="+", help="UCI table(s)")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[16, 16])
+    parser.add_argument("--task", choices=("auto", "regression", "classification"), default="auto")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for data in args.data:
+        for seed in args.seeds:
+            records += run_problem(argparse.Namespace(**{**vars(args), "data": data}), seed)
+            (out / "results.json").write_text(json.dumps(records, indent=1))
+    machine = (
+        f"{platform.processor() or platform.machine()}, {jax.device_count()} "
+        f"{jax.default_backend()} device(s), jax {jax.__version__}"
+    )
+    command = "python -m benchmarks.uci " + " ".join(argv or [])
+    (out / "results.md").write_text(
+        f"# UCI benchmark ({args.budget} budget)\n\nMachine: {machine}.\n\n"
+        f"Command: `{command}`\n\n{markdown(records)}\n"
+    )
+    plots(records, out)
+    print(markdown(records))
+    return records
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

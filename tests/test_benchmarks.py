@@ -1,0 +1,35 @@
+"""The UCI benchmark harness runs end to end on a tiny budget (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import uci
+
+from .conftest import DATA_DIR
+
+
+@pytest.mark.slow
+def test_uci_harness_smoke(tmp_path):
+    records = uci.main(
+        ["--data", str(DATA_DIR / "yacht.data"), "--budget", "tiny", "--out", str(tmp_path)]
+    )
+    assert [r["method"] for r in records] == list(uci.METHODS)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == records
+    required = {
+        "method", "test_lppd", "test_rmse", "wall_s", "compile_s", "pretrain_s", "warmup_s",
+        "sampling_s", "grad_evals", "resets", "data", "seed", "batch_size",
+    }  # fmt: skip
+    for record in records:
+        assert required <= set(record), required - set(record)
+        assert record["test_lppd"] is not None
+    assert {r["method"]: r["grad_evals"] for r in records}["mile"] > 0
+    grid = next(r for r in records if r["method"] == "sgld")["grid"]
+    assert len(grid) == len(uci.BUDGETS["tiny"]["grid"])
+    table = (tmp_path / "results.md").read_text()
+    assert "| psmile |" in table and "psmile LPPD >= nuts" in table
+    for name in ("lppd_vs_time.png", "lppd_vs_grad_evals.png"):
+        assert (tmp_path / name).stat().st_size > 1000
