@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format benchmark clean
+.PHONY: demo test test-fast lint format benchmark benchmark-uci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ format: $(STAMP)
 
 benchmark: $(STAMP)  ## step overhead of SMILE vs raw mini-batch gradients
 	$(PY) -m benchmarks.step_overhead
+
+benchmark-uci: $(STAMP)  ## every method side by side on UCI airfoil (small budget)
+	$(PY) -m benchmarks.uci --data $${SMILE_DATA_DIR:-../shared/data}/airfoil.data --budget small --out outputs/uci_small_airfoil
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -540,7 +540,7 @@ class SMILEEnsemble:
 
     def _attrs(self, mesh) -> dict:
         variant = "MILE" if (self.full_batch or not self._plates) else "SMILE"
-        if variant == "SMILE" and self.kernel_kwargs.get("precondition", True):
+        if variant == "SMILE" and self.kernel_kwargs.get("precondition") in (None, True):
             variant = "pSMILE"
         return {
             "sampler": variant,

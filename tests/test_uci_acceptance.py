@@ -5,7 +5,7 @@ N(0, 1) priors and a learned noise scale, K = 4 members, 5,000 warmup and 10,000
 steps thinned by 10 (``python -m benchmarks.ensemble_uci`` runs the same on any file and
 seed). Target: test LPPD at least the deep ensemble's + 0.3, in mini-batch (SMILE, B = 256)
 and in full-batch (MILE) mode. Measured on seeds 1-3 (docs/benchmarks.md): gains of +0.40 to
-+0.47 (SMILE) and +0.55 to +0.65 (MILE); runs are deterministic for a given key.
++0.47 (SMILE) and +0.62 to +0.64 (MILE); runs are deterministic for a given key.
 """
 
 from __future__ import annotations
