@@ -150,16 +150,17 @@ def run_de(problem: Problem) -> tuple[dict, dict]:
         "warmup_s": 0.0,
         "sampling_s": 0.0,
         "grad_evals": 0.0,
-        "pretrain_grad_evals": _pretrain_grad_evals(idata, problem),
+        "pretrain_grad_evals": _pretrain_grad_evals(idata, problem, runner),
         "resets": 0,
         "setup_s": time.perf_counter() - start,
     }
     return record, runner.pretrained_params
 
 
-def _pretrain_grad_evals(idata, problem) -> float:
+def _pretrain_grad_evals(idata, problem, runner: SMILEEnsemble) -> float:
     epochs = idata.pretraining["num_epochs"].values.sum()
-    per_epoch = (problem.n_train // min(64, problem.n_train)) * min(64, problem.n_train)
+    batch = min(runner.pretrain_batch_size or problem.batch_size, problem.n_train)
+    per_epoch = (problem.n_train // batch) * batch
     return float(epochs * per_epoch / problem.n_train)
 
 
@@ -254,10 +255,10 @@ def _flat_logdensity(problem: Problem, de_params: dict):
     unravel = ravel_pytree(first)[1]
     arrays, bind = minibatch.split_model_args(problem.split.train, {})
 
+    potential = minibatch.flat_potential(info.potential_fn, unravel, bind)
+
     def logdensity(x, indices, arrays):
-        args, kwargs = bind(arrays)
-        kwargs = {**kwargs, minibatch.SUBSAMPLE_KWARG: indices}
-        return -info.potential_fn(*args, **kwargs)(unravel(x))
+        return -potential(x, indices, arrays)
 
     positions = jax.vmap(lambda z: ravel_pytree(z)[0])(de_params)
     return logdensity, unravel, positions, tuple(plates.items()), arrays

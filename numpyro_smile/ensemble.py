@@ -43,7 +43,7 @@ from numpyro.infer.util import constrain_fn
 from numpyro.util import is_prng_key
 
 from numpyro_smile import evaluation, inference_data, minibatch, pretrain
-from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY, SMILE, SMILEState
+from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY, SMILE, SMILEState, check_init_params
 
 __all__ = ["SMILEEnsemble"]
 
@@ -179,7 +179,7 @@ class SMILEEnsemble:
         self.last_state: SMILEState | None = None
         self.timings: dict[str, float] = {}
         self.pretrained_params: dict | None = None
-        self._last_compile = 0.0
+        self._advance = None
         self._plates: dict[str, minibatch.PlateInfo] = {}
 
     @property
@@ -254,7 +254,10 @@ class SMILEEnsemble:
             )
             initial = info.param_info.z
             if init_params is not None:
-                _check_member_params(init_params, initial, self.num_members)
+                one_member = jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), initial
+                )
+                check_init_params(init_params, one_member, self.num_members)
                 initial = jax.tree.map(jnp.asarray, init_params)
             unravel = ravel_pytree(jax.tree.map(lambda a: a[0], initial))[1]
             positions = jax.vmap(lambda z: ravel_pytree(z)[0])(initial)
@@ -370,11 +373,10 @@ class SMILEEnsemble:
         validation_arrays = _replicate(validation_arrays, mesh)
         chunk = max(1, math.ceil(num_epochs / PROGRESS_CHUNKS))
 
+        potential = minibatch.flat_potential(potential_gen, unravel, bind)
+
         def loss_fn(x, indices, arrays):
-            args, kwargs = bind(arrays)
-            if indices:
-                kwargs = {**kwargs, minibatch.SUBSAMPLE_KWARG: indices}
-            return potential_gen(*args, **kwargs)(unravel(x)) / num_data
+            return potential(x, indices, arrays) / num_data
 
         def run_epochs(state, count, arrays, validation_arrays):
             return pretrain.pretrain_epochs(
@@ -395,7 +397,7 @@ class SMILEEnsemble:
 
         state = pretrain.pretrain_init(positions, self.pretrain_optimizer, plates, key)
         state = _shard_members(state, mesh, self.num_members)
-        start = time.perf_counter()
+        elapsed = self._phase_timer()
         compiled = self._compile(run_epochs, state, 1, arrays, validation_arrays)
         train_curve, validation_curve = [], []
         done = 0
@@ -413,7 +415,7 @@ class SMILEEnsemble:
             if stopped:
                 break
         progress.update(max(0, length - progress.phase_done("pretraining")), "pretraining")
-        self.timings["pretrain_s"] = time.perf_counter() - start - self._last_compile
+        self.timings["pretrain_s"] = elapsed()
         curves = {"train_loss": np.concatenate(train_curve).T}
         if validation_loss is not None:
             curves["validation_loss"] = np.concatenate(validation_curve).T
@@ -426,6 +428,7 @@ class SMILEEnsemble:
         if self.full_batch and self._plates:
             model = minibatch.full_data_model(self._model, self._plates)
         self.kernel = SMILE(model, init_strategy=self.init_strategy, **self.kernel_kwargs)
+        self._advance = None  # compiled for this kernel and these shapes
         start = time.perf_counter()
         state = self.kernel.init(
             jax.random.split(key, self.num_members),
@@ -442,21 +445,14 @@ class SMILEEnsemble:
             self.timings["warmup_s"] = 0.0
             return state
         kernel = self.kernel
-
-        def advance(state, num_steps, arrays):
-            args, kwargs = bind(arrays)
-            return jax.lax.fori_loop(
-                0, num_steps, lambda _, s: kernel.sample(s, args, kwargs), state
-            )
-
-        start = time.perf_counter()
-        compiled = self._compile(advance, state, 1, arrays)
+        elapsed = self._phase_timer()
+        compiled = self._advance_executable(state, arrays, bind)
         chunk = max(1, math.ceil(self.num_warmup / PROGRESS_CHUNKS))
         for done in range(0, self.num_warmup, chunk):
             count = min(chunk, self.num_warmup - done)
             state = compiled(state, count, arrays)
             progress.update(count, "warmup", kernel.get_diagnostics_str(state))
-        self.timings["warmup_s"] = time.perf_counter() - start - self._last_compile
+        self.timings["warmup_s"] = elapsed()
         return state
 
     def _sample(self, state, arrays, bind, mesh, progress):
@@ -505,7 +501,7 @@ class SMILEEnsemble:
             buffer = jax.tree.map(lambda r: jnp.zeros((chunk, *r.shape), r.dtype), shapes)
             return jax.lax.fori_loop(0, num, draw, (state, buffer))
 
-        start = time.perf_counter()
+        elapsed = self._phase_timer()
         compiled = self._compile(sample_chunk, state, 1, arrays)
         host, pending = None, None
         for done in range(0, num_draws, chunk):
@@ -520,28 +516,45 @@ class SMILEEnsemble:
         host = _store(host, *pending, num_draws)
         leftover = self.num_samples - num_draws * thinning
         if leftover:  # steps past the last kept draw, so the chain ran num_samples steps
-            state = self._compile(
-                lambda s, n, a: jax.lax.fori_loop(0, n, lambda _, x: kernel.sample(x, *bind(a)), s),
-                state,
-                leftover,
-                arrays,
-            )(state, leftover, arrays)
+            state = self._advance_executable(state, arrays, bind)(state, leftover, arrays)
             progress.update(leftover, "sampling")
-        self.timings["sampling_s"] = time.perf_counter() - start - self._last_compile
+        self.timings["sampling_s"] = elapsed()
         return host["z"], host["stats"], state
 
     def _compile(self, fn, *example_args):
         """AOT-compile ``fn`` (timing the compilation separately); returns the executable."""
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*example_args).compile()
-        self._last_compile = time.perf_counter() - start
-        self.timings["compile_s"] += self._last_compile
+        self.timings["compile_s"] += time.perf_counter() - start
         return compiled
 
+    def _phase_timer(self):
+        """A function returning the seconds since this call, less compilation in between."""
+        start, compiled = time.perf_counter(), self.timings["compile_s"]
+        return lambda: time.perf_counter() - start - (self.timings["compile_s"] - compiled)
+
+    def _advance_executable(self, state, arrays, bind):
+        """The compiled ``(state, num_steps, arrays) -> state`` loop of kernel steps.
+
+        Compiled once per run (the step count is traced): warmup and the steps after the last
+        kept draw share it.
+        """
+        if self._advance is None:
+            kernel = self.kernel
+
+            def advance(state, num_steps, arrays):
+                args, kwargs = bind(arrays)
+                return jax.lax.fori_loop(
+                    0, num_steps, lambda _, s: kernel.sample(s, args, kwargs), state
+                )
+
+            self._advance = self._compile(advance, state, 1, arrays)
+        return self._advance
+
     def _attrs(self, mesh) -> dict:
-        variant = "MILE" if (self.full_batch or not self._plates) else "SMILE"
-        if variant == "SMILE" and self.kernel_kwargs.get("precondition") in (None, True):
-            variant = "pSMILE"
+        variant = "MILE"
+        if self.kernel.subsample_plates:
+            variant = "pSMILE" if self.kernel.preconditioned else "SMILE"
         return {
             "sampler": variant,
             "num_members": self.num_members,
@@ -558,20 +571,6 @@ class SMILEEnsemble:
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def _check_member_params(init_params: Any, expected: dict, num_members: int) -> None:
-    """Clear errors for ``init_params`` with the wrong sites or shapes."""
-    if not isinstance(init_params, dict) or set(init_params) != set(expected):
-        got = sorted(init_params) if isinstance(init_params, dict) else type(init_params).__name__
-        raise ValueError(
-            "init_params must be a dict of unconstrained values for the latent sites "
-            f"{sorted(expected)}, each with a leading (num_members,) axis; got {got}."
-        )
-    for name, value in init_params.items():
-        want = (num_members, *np.shape(expected[name])[1:])
-        if np.shape(value) != want:
-            raise ValueError(f"init_params[{name!r}] has shape {np.shape(value)}, expected {want}.")
 
 
 def _store(host: dict | None, buffer: dict, start: int, count: int, num_draws: int) -> dict:

@@ -297,18 +297,13 @@ def to_inference_data(
     with warnings.catch_warnings():
         # K members with few draws (the pretrained group has one) is the normal regime here.
         warnings.filterwarnings("ignore", message="More chains")
-        posterior_coords = {**coords} if posterior_predictive and coords else {}
         idata = az.InferenceData(
             posterior=_dataset(posterior, dims, {}, ("chain", "draw")),
             sample_stats=_dataset(sample_stats, {}, {}, ("chain", "draw")),
             observed_data=_dataset(observed_data, dims, {}, ()),
+            # both replayed groups share the view, hence its coordinates (a data subset)
             **{
-                name: _dataset(
-                    values,
-                    dims,
-                    coords if name == "log_likelihood" else posterior_coords,
-                    ("chain", "draw"),
-                )
+                name: _dataset(values, dims, coords, ("chain", "draw"))
                 for name, values in groups.items()
             },
         )

@@ -481,6 +481,14 @@ class SMILE(MCMCKernel):
         return dict(self._plates)
 
     @property
+    def preconditioned(self) -> bool:
+        """Whether the gradient-noise preconditioner is used: ``precondition``, or, when it is
+        ``None``, in mini-batch mode only (known after ``init``)."""
+        if self._precondition is None:
+            return bool(self._plates)
+        return self._precondition
+
+    @property
     def is_ensemble_kernel(self) -> bool:
         """True after a vectorized ``init``: the state then holds a single ``rng_key``."""
         return self._vectorized
@@ -559,7 +567,7 @@ class SMILE(MCMCKernel):
             if init_params is None:
                 init_params = expected
             else:
-                _check_init_params(init_params, expected, self._vectorized)
+                check_init_params(init_params, expected, num_chains)
         elif init_params is None:
             raise ValueError("SMILE(potential_fn=...) needs init_params in mcmc.run(...).")
 
@@ -622,7 +630,7 @@ class SMILE(MCMCKernel):
             refresh=not (self._plates and self._L is None),
             adapt=self._adapt,
             adapt_during_sampling=self._adapt_during_sampling,
-            precondition=(bool(self._plates) if self._precondition is None else self._precondition),
+            precondition=self.preconditioned,
             max_noise_angle=self._max_noise_angle,
             energy=self._energy_config,
             mclmc=mclmc,
@@ -748,19 +756,25 @@ class SMILE(MCMCKernel):
         )
 
 
-def _check_init_params(init_params: Any, expected: dict, batched: bool) -> None:
-    """Clear errors for ``init_params`` with the wrong sites or shapes."""
+def check_init_params(init_params: Any, expected: dict, num_chains: int | None) -> None:
+    """Clear errors for ``init_params`` with the wrong sites or shapes.
+
+    ``expected`` holds one chain's values (or shapes); with ``num_chains`` every value must
+    carry a leading ``(num_chains,)`` axis.
+    """
     if not isinstance(init_params, dict) or set(init_params) != set(expected):
         got = sorted(init_params) if isinstance(init_params, dict) else type(init_params).__name__
+        lead = "" if num_chains is None else ", each with a leading (num_chains,) axis"
         raise ValueError(
             f"init_params must be a dict of unconstrained values for the latent sites "
-            f"{sorted(expected)}; got {got}."
+            f"{sorted(expected)}{lead}; got {got}."
         )
     for name, value in init_params.items():
-        want = jnp.shape(expected[name])
-        have = jnp.shape(value)[1:] if batched else jnp.shape(value)
-        if have != want:
-            lead = "(num_chains,) + " if batched else ""
+        want = tuple(jnp.shape(expected[name]))
+        if num_chains is not None:
+            want = (num_chains, *want)
+        if tuple(jnp.shape(value)) != want:
+            lead = "" if num_chains is None else f"(num_chains,) + {want[1:]} = "
             raise ValueError(
                 f"init_params[{name!r}] has shape {jnp.shape(value)}, expected {lead}{want}."
             )

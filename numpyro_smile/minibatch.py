@@ -40,6 +40,7 @@ __all__ = [
     "check_finite_data",
     "feistel_permutation",
     "fixed_indices_model",
+    "flat_potential",
     "full_data_indices",
     "full_data_model",
     "initialize_subsampled_model",
@@ -313,6 +314,27 @@ def prior_only_model(model: Callable) -> Callable:
             return model(*args, **kwargs)
 
     return prior_model
+
+
+def flat_potential(potential_gen: Callable, unravel: Callable, bind: Callable) -> Callable:
+    """``(x, indices, arrays) -> U(x)``: the potential of flat parameters on a batch.
+
+    Args:
+        potential_gen: ``ModelInfo.potential_fn`` of :func:`initialize_subsampled_model`.
+        unravel: flat ``(d,)`` vector -> dict of unconstrained latent values.
+        bind: from :func:`split_model_args`; ``arrays`` are its array leaves (the data).
+
+    ``indices`` is ``{plate: (B,) indices}`` (the N / B-scaled mini-batch potential), or an
+    empty dict for a model without subsample plates.
+    """
+
+    def potential(x, indices, arrays):
+        args, kwargs = bind(arrays)
+        if indices:
+            kwargs = {**kwargs, SUBSAMPLE_KWARG: indices}
+        return potential_gen(*args, **kwargs)(unravel(x))
+
+    return potential
 
 
 def full_data_indices(plates: dict[str, PlateInfo]) -> dict[str, jax.Array]:
