@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format benchmark benchmark-uci clean
+.PHONY: demo test test-fast lint format benchmark benchmark-uci notebooks docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test,demo]"
 	touch $(STAMP)
 
-demo: $(STAMP)  ## SMILE on scikit-learn's diabetes data: summary table + outputs/demo.png
+demo: $(STAMP)  ## BNN on scikit-learn's diabetes data: deep ensemble vs SMILE vs MILE, outputs/demo.{nc,png}
 	$(PY) -m numpyro_smile.demo
 
 test: $(STAMP)  ## the whole suite, statistical tests included (what CI runs)
@@ -35,6 +35,22 @@ benchmark: $(STAMP)  ## step overhead of SMILE vs raw mini-batch gradients
 
 benchmark-uci: $(STAMP)  ## every method side by side on UCI airfoil (small budget)
 	$(PY) -m benchmarks.uci --data $${SMILE_DATA_DIR:-../shared/data}/airfoil.data --budget small --out outputs/uci_small_airfoil
+
+notebooks: $(STAMP)  ## execute notebooks/ (full budget, a few minutes) into outputs/notebooks/
+	mkdir -p outputs/notebooks
+	for nb in notebooks/*.ipynb; do \
+		SMILE_NOTEBOOK_BUDGET=$${SMILE_NOTEBOOK_BUDGET:-full} $(VENV)/bin/jupyter execute \
+			--timeout=1800 --output='../outputs/notebooks/{notebook_name}' "$$nb" || exit 1; \
+	done
+
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)  ## the documentation site into outputs/site (strict: any warning fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir outputs/site
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -1,9 +1,19 @@
 """numpyro-smile: microcanonical Langevin samplers (MCLMC, MILE, SMILE) for NumPyro models."""
 
+from numpyro_smile.diagnostics import ResetWarning, check_resets
 from numpyro_smile.ensemble import SMILEEnsemble
-from numpyro_smile.evaluation import evaluate
+from numpyro_smile.evaluation import evaluate, predict
 from numpyro_smile.kernel import SMILE, SMILEState
 from numpyro_smile.minibatch import ModelError
 
-__all__ = ["SMILE", "ModelError", "SMILEEnsemble", "SMILEState", "evaluate"]
+__all__ = [
+    "SMILE",
+    "ModelError",
+    "ResetWarning",
+    "SMILEEnsemble",
+    "SMILEState",
+    "check_resets",
+    "evaluate",
+    "predict",
+]
 __version__ = "0.1.0"

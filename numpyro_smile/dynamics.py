@@ -188,8 +188,10 @@ def mclmc_step(
         rng_key: key for the two partial refreshes (unused, may be None, without refresh).
         logdensity_and_grad_fn: ``x -> (log p(x), grad log p(x))``; a mini-batch estimate is
             allowed, in which case both evaluations of the step use the same batch.
-        step_size: epsilon. L: decoherence length (``inf`` = no refresh).
-        scale: diagonal preconditioner s. coefficients: see :data:`INTEGRATORS`.
+        step_size: epsilon.
+        L: decoherence length (``inf`` = no refresh).
+        scale: diagonal preconditioner s.
+        coefficients: see :data:`INTEGRATORS`.
         refresh: static switch; False skips both refreshes (and their random draws), which is
             what ``L = inf`` does, without paying for the draws.
 

@@ -30,6 +30,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import arviz as az
@@ -42,7 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer.util import constrain_fn
 from numpyro.util import is_prng_key
 
-from numpyro_smile import evaluation, inference_data, minibatch, pretrain
+from numpyro_smile import checkpoint, diagnostics, evaluation, inference_data, minibatch, pretrain
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY, SMILE, SMILEState, check_init_params
 
 __all__ = ["SMILEEnsemble"]
@@ -98,6 +99,11 @@ class SMILEEnsemble:
     ``pretrained_params`` (the members' unconstrained starting points, e.g. for
     ``MCMC(NUTS(model)).run(..., init_params=...)``), ``kernel`` and ``timings`` (seconds per
     phase; compilation counted separately).
+
+    Checkpoints: :meth:`save_state` writes the chains' full state to one file;
+    ``run(..., resume_from=path)`` continues them (without pretraining or the warmup already
+    done) in this or a new ensemble, and draws exactly what the uninterrupted run would have;
+    :meth:`warmup` pretrains and warms up only, for a checkpoint before sampling.
 
     Example::
 
@@ -179,8 +185,12 @@ class SMILEEnsemble:
         self.last_state: SMILEState | None = None
         self.timings: dict[str, float] = {}
         self.pretrained_params: dict | None = None
+        self.post_warmup_state: SMILEState | None = None
         self._advance = None
         self._plates: dict[str, minibatch.PlateInfo] = {}
+        self._pretraining: dict = {}
+        self._kernel_num_warmup = num_warmup  # the warmup length the kernel is built with
+        self._stop_after_warmup = False
 
     @property
     def model(self) -> Callable:
@@ -205,26 +215,43 @@ class SMILEEnsemble:
         *model_args: Any,
         validation: tuple | None = None,
         init_params: dict | None = None,
+        resume_from: str | os.PathLike | checkpoint.EnsembleCheckpoint | SMILEState | None = None,
         **model_kwargs: Any,
     ) -> az.InferenceData:
         """Pretrain, sample and return the ensemble's ``arviz.InferenceData``.
 
         Args:
             rng_key: a JAX PRNG key; the same key gives the same draws.
-            model_args, model_kwargs: the model's training data and options, as for
+            *model_args: the model's positional arguments (the training data), as for
                 ``mcmc.run``.
+            **model_kwargs: the model's keyword arguments (options), as for ``mcmc.run``.
             validation: held-out data for early stopping, as the model's positional
                 arguments (e.g. ``(X_val, y_val)``); ``model_kwargs`` are reused.
             init_params: the members' starting points instead of the init strategy's:
                 unconstrained values per latent site with a leading ``(num_members,)`` axis
                 (e.g. ``pretrained_params`` of an earlier run, or your own trained networks).
                 Pretraining starts from them; with ``pretrain_epochs=0`` the chains do.
+            resume_from: continue saved chains instead of starting new ones: a file written
+                by :meth:`save_state`, a loaded
+                :class:`~numpyro_smile.checkpoint.EnsembleCheckpoint`, or a ``SMILEState``
+                of this ensemble (e.g. ``post_warmup_state``). Pretraining is skipped, the
+                warmup left (of the saved run's ``num_warmup``) is finished, and
+                ``num_samples`` further steps are sampled; the draws continue exactly those of
+                an uninterrupted run. Pass the same training data; ``rng_key`` then only
+                seeds the post-processing (posterior predictive, log-likelihood subset).
         """
         if not is_prng_key(rng_key):
             raise TypeError(
                 "rng_key must be a single JAX PRNG key, e.g. jax.random.key(0); got "
                 f"{getattr(rng_key, 'shape', type(rng_key).__name__)}."
             )
+        if resume_from is not None:
+            if validation is not None or init_params is not None:
+                raise ValueError(
+                    "resume_from continues saved chains: validation and init_params (for "
+                    "pretraining and new chains) cannot be combined with it."
+                )
+            return self._resume(rng_key, resume_from, model_args, model_kwargs)
         start = time.perf_counter()
         self.timings = {"compile_s": 0.0}
         minibatch.check_finite_data(model_args, model_kwargs)
@@ -273,13 +300,25 @@ class SMILEEnsemble:
                 progress,
             )
             self.pretrained_params = jax.device_get(jax.vmap(unravel)(positions))
+            self._pretraining = pretraining
             state = self._init_chains(
                 key_chains, self.pretrained_params, model_args, model_kwargs, mesh
             )
             state = self._warmup(state, arrays, bind, mesh, progress)
+            self.post_warmup_state = state
+            if self._stop_after_warmup:
+                self.last_state = state
+                self.timings["total_s"] = time.perf_counter() - start
+                return None
             draws, stats, state = self._sample(state, arrays, bind, mesh, progress)
         self.last_state = state
+        return self._to_inference_data(
+            model_args, model_kwargs, draws, stats, key_post, self._attrs(mesh), start
+        )
 
+    def _to_inference_data(
+        self, model_args, model_kwargs, draws, stats, key_post, attrs, start
+    ) -> az.InferenceData:
         post_start = time.perf_counter()
         idata = inference_data.to_inference_data(
             self._model,
@@ -289,17 +328,141 @@ class SMILEEnsemble:
             draws=draws,
             sample_stats=stats,
             pretrained=self.pretrained_params,
-            pretraining=pretraining,
+            pretraining=self._pretraining,
             rng_key=key_post,
             log_likelihood=self.log_likelihood,
             posterior_predictive=self.posterior_predictive,
-            attrs=self._attrs(mesh),
+            attrs=attrs,
         )
         self.timings["postprocess_s"] = time.perf_counter() - post_start
         self.timings["total_s"] = time.perf_counter() - start
         for name, seconds in self.timings.items():
             idata.sample_stats.attrs[name] = round(seconds, 3)
+        diagnostics.check_resets(self.last_state, self.kernel, label="members")
         return idata
+
+    def warmup(
+        self,
+        rng_key: jax.Array,
+        *model_args: Any,
+        validation: tuple | None = None,
+        init_params: dict | None = None,
+        **model_kwargs: Any,
+    ) -> None:
+        """Pretrain and warm up the chains without sampling (as ``MCMC.warmup``).
+
+        Sets ``post_warmup_state`` (and ``last_state``) and ``pretrained_params``. Then
+        :meth:`save_state` writes a checkpoint from which ``run(..., resume_from=...)``
+        samples only; ``run(rng_key, *model_args, resume_from=ensemble.post_warmup_state)``
+        continues in memory. Arguments as for :meth:`run`.
+        """
+        self._stop_after_warmup = True
+        try:
+            self.run(
+                rng_key, *model_args, validation=validation, init_params=init_params, **model_kwargs
+            )
+        finally:
+            self._stop_after_warmup = False
+
+    def to_checkpoint(self, state: SMILEState | None = None) -> checkpoint.EnsembleCheckpoint:
+        """The chains' state (default ``last_state``) and what resuming needs, on host."""
+        state = self.last_state if state is None else state
+        if state is None or self.kernel is None:
+            raise RuntimeError(
+                "There is no state to save yet: call run() or warmup() first (or pass state=)."
+            )
+        return checkpoint.make_checkpoint(
+            state,
+            num_warmup=self._kernel_num_warmup,
+            mode=self._mode(),
+            plates=self._plates,
+            kernel_kwargs=self.kernel_kwargs,
+            pretrained_params=self.pretrained_params,
+            pretraining=self._pretraining,
+        )
+
+    def save_state(self, path: str | os.PathLike, state: SMILEState | None = None) -> Path:
+        """Write the chains' full state to one ``.npz`` file, to resume with
+        ``run(rng_key, *model_args, resume_from=path)`` (in a new process if need be).
+
+        Args:
+            path: the file to write (exactly that name; written atomically).
+            state: the state to save (default ``last_state``: after :meth:`run`, the end of
+                sampling; after :meth:`warmup`, the end of warmup).
+
+        Returns:
+            The path written.
+
+        The file holds positions, velocities, cached gradients, step sizes, the tuner and
+        preconditioner statistics, the batch schedules and the PRNG keys (see
+        :mod:`numpyro_smile.checkpoint`), the warmup length and steps done, the sampling mode,
+        data plates and parameter structure (checked on resume), and the pretrained points and
+        pretraining curves (carried into the resumed run's ``InferenceData``).
+        """
+        return checkpoint.save_checkpoint(path, self.to_checkpoint(state))
+
+    def _mode(self) -> str:
+        return "full_batch" if self.full_batch or not self._plates else "minibatch"
+
+    def _resume(self, rng_key, resume_from, model_args, model_kwargs) -> az.InferenceData:
+        """``run(..., resume_from=...)``: restore the chains, finish warmup, sample."""
+        start = time.perf_counter()
+        self.timings = {"compile_s": 0.0}
+        minibatch.check_finite_data(model_args, model_kwargs)
+        self._plates = minibatch.inspect_model(self._model, model_args, model_kwargs)
+        if isinstance(resume_from, SMILEState):  # with this ensemble's metadata
+            saved = checkpoint.make_checkpoint(
+                resume_from,
+                num_warmup=self._kernel_num_warmup,
+                mode=self._mode(),
+                plates=self._plates,
+                kernel_kwargs=self.kernel_kwargs,
+                pretrained_params=self.pretrained_params,
+                pretraining=self._pretraining,
+            )
+        elif isinstance(resume_from, checkpoint.EnsembleCheckpoint):
+            saved = resume_from
+        else:
+            saved = checkpoint.load_checkpoint(resume_from)
+        key_init, _, key_chains, key_post = jax.random.split(rng_key, 4)
+        info = minibatch.initialize_subsampled_model(
+            jax.random.split(key_init, self.num_members),
+            self._model,
+            self._plates,
+            self.init_strategy,
+            model_args,
+            model_kwargs,
+            shapes_only=True,
+        )
+        shapes = info.param_info.z
+        checkpoint.check_compatible(
+            saved,
+            num_members=self.num_members,
+            mode=self._mode(),
+            plates=self._plates,
+            params=checkpoint.parameter_structure(shapes),
+            kernel_kwargs=self.kernel_kwargs,
+        )
+        mesh = _member_mesh(self.devices, self.num_members)
+        arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
+        arrays = _replicate(arrays, mesh)
+        self.pretrained_params = saved.pretrained_params
+        self._pretraining = dict(saved.pretraining)
+        remaining = max(0, saved.num_warmup - saved.steps)
+        with _Progress(remaining + self.num_samples, self.progress_bar) as progress:
+            template = self._init_chains(
+                key_chains, shapes, model_args, model_kwargs, mesh, saved.num_warmup, True
+            )
+            state = checkpoint.restore_state(saved, template)
+            state = _shard_members(jax.device_put(state), mesh, self.num_members)
+            state = self._warmup(state, arrays, bind, mesh, progress, remaining)
+            self.post_warmup_state = state
+            draws, stats, state = self._sample(state, arrays, bind, mesh, progress)
+        self.last_state = state
+        attrs = self._attrs(mesh) | {"num_warmup": saved.num_warmup, "resumed_at_step": saved.steps}
+        return self._to_inference_data(
+            model_args, model_kwargs, draws, stats, key_post, attrs, start
+        )
 
     def evaluate(
         self, idata: az.InferenceData, *model_args: Any, group: str = "posterior", **kwargs: Any
@@ -312,7 +475,8 @@ class SMILEEnsemble:
     # ------------------------------------------------------------------ phases
 
     def _progress_total(self) -> int:
-        return self._pretrain_length() + self.num_warmup + self.num_samples
+        sampling = 0 if self._stop_after_warmup else self.num_samples
+        return self._pretrain_length() + self.num_warmup + sampling
 
     def _pretrain_length(self) -> int:
         return self.pretrain_epochs if self.pretrain_steps is None else self.pretrain_steps
@@ -423,33 +587,48 @@ class SMILEEnsemble:
         curves["num_epochs"] = np.full(self.num_members, done)
         return state.best_position, curves
 
-    def _init_chains(self, key, init_params, model_args, model_kwargs, mesh) -> SMILEState:
+    def _init_chains(
+        self, key, init_params, model_args, model_kwargs, mesh, num_warmup=None, shapes_only=False
+    ) -> SMILEState:
+        """Build the kernel (for ``num_warmup`` warmup steps, default ``self.num_warmup``)
+        and the chains' initial state; ``shapes_only``: only its shapes (to resume a state)."""
         model = self._model
         if self.full_batch and self._plates:
             model = minibatch.full_data_model(self._model, self._plates)
         self.kernel = SMILE(model, init_strategy=self.init_strategy, **self.kernel_kwargs)
         self._advance = None  # compiled for this kernel and these shapes
+        self._kernel_num_warmup = self.num_warmup if num_warmup is None else num_warmup
         start = time.perf_counter()
-        state = self.kernel.init(
-            jax.random.split(key, self.num_members),
-            self.num_warmup,
-            init_params=_shard_members(init_params, mesh, self.num_members),
-            model_args=model_args,
-            model_kwargs=model_kwargs,
-        )
-        self.timings["init_s"] = time.perf_counter() - start
-        return _shard_members(state, mesh, self.num_members)
 
-    def _warmup(self, state, arrays, bind, mesh, progress) -> SMILEState:
-        if self.num_warmup == 0:
+        def init(keys, init_params):
+            return self.kernel.init(
+                keys,
+                self._kernel_num_warmup,
+                init_params=init_params,
+                model_args=model_args,
+                model_kwargs=model_kwargs,
+            )
+
+        keys = jax.random.split(key, self.num_members)
+        if shapes_only:
+            state = jax.eval_shape(init, keys, init_params)
+        else:
+            state = init(keys, _shard_members(init_params, mesh, self.num_members))
+        self.timings["init_s"] = time.perf_counter() - start
+        return state if shapes_only else _shard_members(state, mesh, self.num_members)
+
+    def _warmup(self, state, arrays, bind, mesh, progress, num_steps=None) -> SMILEState:
+        """``num_steps`` (default ``num_warmup``) kernel steps in a few compiled calls."""
+        num_steps = self.num_warmup if num_steps is None else num_steps
+        if num_steps == 0:
             self.timings["warmup_s"] = 0.0
             return state
         kernel = self.kernel
         elapsed = self._phase_timer()
         compiled = self._advance_executable(state, arrays, bind)
-        chunk = max(1, math.ceil(self.num_warmup / PROGRESS_CHUNKS))
-        for done in range(0, self.num_warmup, chunk):
-            count = min(chunk, self.num_warmup - done)
+        chunk = max(1, math.ceil(num_steps / PROGRESS_CHUNKS))
+        for done in range(0, num_steps, chunk):
+            count = min(chunk, num_steps - done)
             state = compiled(state, count, arrays)
             progress.update(count, "warmup", kernel.get_diagnostics_str(state))
         self.timings["warmup_s"] = elapsed()

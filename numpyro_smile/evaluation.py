@@ -17,7 +17,7 @@ model replayed on held-out data, with every draw of every member pooled:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import arviz as az
 import jax
@@ -28,7 +28,7 @@ from jax.scipy.special import logsumexp
 
 from numpyro_smile import inference_data, minibatch
 
-__all__ = ["evaluate", "expected_calibration_error", "lppd"]
+__all__ = ["evaluate", "expected_calibration_error", "lppd", "predict"]
 
 
 def lppd(log_likelihood: np.ndarray) -> float:
@@ -72,12 +72,101 @@ def evaluate(
         group: ``"posterior"``, or ``"pretrained"`` for the deep ensemble of pretrained points.
         site: the observed site to score (default: the model's only observed site).
         coverage_levels: central predictive-interval levels for regression coverage.
+        num_bins: confidence bins of the expected calibration error (classification).
 
     Returns:
         ``{"lppd", "num_draws"}`` plus, for a continuous likelihood, ``"rmse"``,
         ``"coverage_<level%>"`` and ``"calibration_error"``; for a likelihood with class
         probabilities (categorical, Bernoulli), ``"accuracy"`` and ``"ece"``.
     """
+    pointwise = _pointwise(model, idata, model_args, model_kwargs, group, site, replicate=False)
+    result, labels = pointwise.result, pointwise.labels
+    num_draws = int(np.prod(result["log_likelihood"].shape[:2]))
+    metrics = {"lppd": lppd(result["log_likelihood"]), "num_draws": num_draws}
+    if pointwise.classification:
+        probs = _pool(result["probs"]).mean(axis=0)
+        metrics["accuracy"] = float(np.mean(probs.argmax(-1) == labels))
+        metrics["ece"] = expected_calibration_error(probs, labels, num_bins)
+        return metrics
+    mean = _pool(result["mean"]).mean(axis=0)
+    metrics["rmse"] = float(np.sqrt(np.mean((labels - mean) ** 2)))
+    if "cdf" in result:
+        pit = _pool(result["cdf"]).mean(axis=0)
+        squared = []
+        for level in coverage_levels:
+            coverage = float(np.mean(np.abs(pit - 0.5) <= level / 2))
+            metrics[f"coverage_{round(100 * level)}"] = coverage
+            squared.append((coverage - level) ** 2)
+        metrics["calibration_error"] = float(np.sqrt(np.mean(squared)))
+    return metrics
+
+
+def predict(
+    model: Callable,
+    idata: az.InferenceData,
+    *model_args: Any,
+    group: str = "posterior",
+    site: str | None = None,
+    quantiles: Sequence[float] = (),
+    rng_key: jax.Array | None = None,
+    **model_kwargs: Any,
+) -> dict[str, np.ndarray]:
+    """Pointwise posterior-predictive summaries of ``idata[group]`` on new inputs.
+
+    The predictive distribution of each point is the mixture over all draws of all members
+    (for ``group="pretrained"``: the deep ensemble). Observed values may be ``None``.
+
+    Args:
+        model: the model the draws belong to, as in :func:`evaluate`.
+        idata: the draws, as in :func:`evaluate`.
+        *model_args: the new inputs (observed values may be ``None``).
+        group: ``"posterior"``, or ``"pretrained"`` for the deep ensemble.
+        site: the observed site to summarise, as in :func:`evaluate`.
+        quantiles: levels in (0, 1) of the predictive quantiles to return (continuous
+            likelihoods), estimated from one replicate of ``site`` per draw, e.g.
+            ``(0.05, 0.5, 0.95)`` for a 90 percent band and the median.
+        rng_key: key of the replicates (default ``jax.random.key(0)``).
+
+    Returns:
+        For a likelihood with class probabilities: ``"probs"``, ``(n, C)`` mean predicted
+        probabilities. Otherwise ``"mean"`` and ``"sd"`` (``(n,)``: the mixture's mean and
+        standard deviation, from each draw's mean and variance) and, when asked,
+        ``"quantiles"`` ``(len(quantiles), n)``. With observed values given, also
+        ``"log_density"`` ``(n,)``: log of the mixture density of each observation.
+    """
+    if any(not 0.0 < q < 1.0 for q in quantiles):
+        raise ValueError(f"quantiles must lie in (0, 1), got {tuple(quantiles)}.")
+    replicate = bool(quantiles)
+    pointwise = _pointwise(
+        model, idata, model_args, model_kwargs, group, site, replicate=replicate, key=rng_key
+    )
+    result = pointwise.result
+    out = {}
+    if pointwise.has_observations:
+        pooled = _pool(result["log_likelihood"])
+        out["log_density"] = np.asarray(logsumexp(pooled, axis=0) - np.log(pooled.shape[0]))
+    if pointwise.classification:
+        out["probs"] = _pool(result["probs"]).mean(axis=0)
+        return out
+    means, variances = _pool(result["mean"]), _pool(result["variance"])
+    out["mean"] = means.mean(axis=0)
+    out["sd"] = np.sqrt(variances.mean(axis=0) + means.var(axis=0))
+    if replicate:
+        out["quantiles"] = np.quantile(_pool(result["replicate"]), np.asarray(quantiles), axis=0)
+    return out
+
+
+class _Pointwise(NamedTuple):
+    result: dict  # per-draw outputs, leading (K, S)
+    labels: np.ndarray | None  # the observed values (None when not given)
+    classification: bool
+    has_observations: bool
+
+
+def _pointwise(
+    model, idata, model_args, model_kwargs, group, site, replicate, key=None
+) -> _Pointwise:
+    """Replay every draw of ``idata[group]`` on the data and collect what the metrics need."""
     if group not in idata.groups():
         raise ValueError(f"idata has no {group!r} group; it has {idata.groups()}.")
     minibatch.check_finite_data(model_args, model_kwargs)
@@ -88,61 +177,62 @@ def evaluate(
     latent = [
         name for name, s in prior_trace.items() if s["type"] == "sample" and not s["is_observed"]
     ]
+    observed = [n for n, s in prior_trace.items() if s["type"] == "sample" and s["is_observed"]]
+    if site is None:
+        # Sites the draws do not hold are the model's outputs (observed, or observations=None).
+        outputs = observed or [name for name in latent if name not in dataset]
+        if len(outputs) != 1:
+            raise ValueError(
+                f"The model has observed sites {outputs}; choose one with site=... (it needs "
+                "exactly one, with the held-out observations passed in)."
+            )
+        site = outputs[0]
+    elif site not in prior_trace or prior_trace[site]["type"] != "sample":
+        raise ValueError(f"{site!r} is not a sample site of the model.")
+    has_observations = bool(prior_trace[site]["is_observed"])
+    latent = [name for name in latent if name != site]
     missing = [name for name in latent if name not in dataset]
     if missing:
         raise ValueError(f"idata[{group!r}] lacks the model's latent sites {missing}.")
-    observed = [n for n, s in prior_trace.items() if s["type"] == "sample" and s["is_observed"]]
-    if site is None:
-        if len(observed) != 1:
-            raise ValueError(
-                f"The model has observed sites {observed}; choose one with site=... (it needs "
-                "exactly one, with the held-out observations passed in)."
-            )
-        site = observed[0]
-    elif site not in observed:
-        raise ValueError(f"{site!r} is not an observed site of the model ({observed}).")
     draws = {name: dataset[name].values for name in latent}
-    labels = np.asarray(prior_trace[site]["value"])
+    labels = np.asarray(prior_trace[site]["value"]) if has_observations else None
     fn = _elementwise(prior_trace[site]["fn"])
     classification = fn.support.is_discrete and hasattr(fn, "probs")
-    has_cdf = not fn.support.is_discrete and _has_cdf(fn, prior_trace[site]["value"])
+    has_cdf = (
+        has_observations and not fn.support.is_discrete and _has_cdf(fn, prior_trace[site]["value"])
+    )
     arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
 
     def per_draw(params, key, *arrays):
         args, kwargs = bind(arrays)
         model_site = inference_data.trace_model(view, params, args, kwargs, key)[site]
         site_fn, value = _elementwise(model_site["fn"]), model_site["value"]
-        out = {"log_likelihood": model_site["fn"].log_prob(value)}
+        shape = jnp.shape(value)
+        out = {}
+        if has_observations:
+            out["log_likelihood"] = model_site["fn"].log_prob(value)
         if classification:
             probs = site_fn.probs
             if jnp.ndim(probs) == jnp.ndim(value):  # Bernoulli: P(y = 1) per point
                 probs = jnp.stack([1 - probs, probs], -1)
-            out["probs"] = jnp.broadcast_to(probs, (*jnp.shape(value), probs.shape[-1]))
-        else:
-            out["mean"] = jnp.broadcast_to(site_fn.mean, jnp.shape(value))
-            if has_cdf:
-                out["cdf"] = jnp.broadcast_to(site_fn.cdf(value), jnp.shape(value))
+            out["probs"] = jnp.broadcast_to(probs, (*shape, probs.shape[-1]))
+            return out
+        out["mean"] = jnp.broadcast_to(site_fn.mean, shape)
+        out["variance"] = jnp.broadcast_to(site_fn.variance, shape)
+        if has_cdf:
+            out["cdf"] = jnp.broadcast_to(site_fn.cdf(value), shape)
+        if replicate:
+            out["replicate"] = model_site["fn"].sample(jax.random.fold_in(key, 1))
         return out
 
-    result = inference_data.map_draws(per_draw, draws, jax.random.key(0), *arrays)
-    num_draws = int(np.prod(result["log_likelihood"].shape[:2]))
-    metrics = {"lppd": lppd(result["log_likelihood"]), "num_draws": num_draws}
-    if classification:
-        probs = result["probs"].reshape(num_draws, *result["probs"].shape[2:]).mean(axis=0)
-        metrics["accuracy"] = float(np.mean(probs.argmax(-1) == labels))
-        metrics["ece"] = expected_calibration_error(probs, labels, num_bins)
-        return metrics
-    mean = result["mean"].reshape(num_draws, *labels.shape).mean(axis=0)
-    metrics["rmse"] = float(np.sqrt(np.mean((labels - mean) ** 2)))
-    if has_cdf:
-        pit = result["cdf"].reshape(num_draws, *labels.shape).mean(axis=0)
-        squared = []
-        for level in coverage_levels:
-            coverage = float(np.mean(np.abs(pit - 0.5) <= level / 2))
-            metrics[f"coverage_{round(100 * level)}"] = coverage
-            squared.append((coverage - level) ** 2)
-        metrics["calibration_error"] = float(np.sqrt(np.mean(squared)))
-    return metrics
+    key = jax.random.key(0) if key is None else key
+    result = inference_data.map_draws(per_draw, draws, key, *arrays)
+    return _Pointwise(result, labels, classification, has_observations)
+
+
+def _pool(values: np.ndarray) -> np.ndarray:
+    """``(K, S, ...) -> (K S, ...)``: all draws of all members as one mixture."""
+    return values.reshape(-1, *values.shape[2:])
 
 
 def _elementwise(fn):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from numpyro import handlers
+from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, biject_to
 from numpyro.infer.util import constrain_fn
 
 from numpyro_smile import minibatch
@@ -32,6 +33,7 @@ from numpyro_smile import minibatch
 __all__ = [
     "CHUNK_ELEMENTS",
     "constrain_draws",
+    "identity_sites",
     "map_draws",
     "observations_fn",
     "posterior_site_names",
@@ -165,6 +167,31 @@ def posterior_site_names(
     return names
 
 
+def identity_sites(
+    model: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+    subsample_plates: dict,
+    names: list[str],
+) -> set[str]:
+    """The latent sites among ``names`` whose support is the real line (or a product of it):
+    their unconstrained and constrained values are the same arrays."""
+    model_trace = trace_model(
+        _one_point_view(model, subsample_plates), {}, model_args, model_kwargs
+    )
+    unchanged = set()
+    for name in names:
+        site = model_trace[name]
+        if site["type"] != "sample":
+            continue
+        transform = biject_to(site["fn"].support)
+        while isinstance(transform, IndependentTransform):
+            transform = transform.base_transform
+        if isinstance(transform, IdentityTransform):
+            unchanged.add(name)
+    return unchanged
+
+
 def _one_point_view(model: Callable, subsample_plates: dict) -> Callable:
     """The model on a one-point batch of every subsample plate (cheap to replay)."""
     return minibatch.fixed_indices_model(
@@ -234,7 +261,7 @@ def to_inference_data(
     subsample_plates: dict,
     draws: dict,
     sample_stats: dict,
-    pretrained: dict,
+    pretrained: dict | None,
     pretraining: dict,
     rng_key: jax.Array,
     log_likelihood: bool | int = True,
@@ -248,7 +275,8 @@ def to_inference_data(
         subsample_plates: ``{name: PlateInfo}`` of the training data.
         draws: unconstrained latent draws, leaves ``(K, S, ...)``.
         sample_stats: ``{name: (K, S)}``.
-        pretrained: unconstrained pretrained points, leaves ``(K, ...)``.
+        pretrained: unconstrained pretrained points, leaves ``(K, ...)`` (``None``: no
+            ``pretrained`` group).
         pretraining: ``{name: (K, E)}`` per-epoch curves and ``{name: (K,)}`` summaries.
         log_likelihood: True (all N points), an int m (a fixed random subset of m points per
             subsample plate), or False (skip).
@@ -262,14 +290,28 @@ def to_inference_data(
     arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
     names = posterior_site_names(model, model_args, model_kwargs, subsample_plates)
 
+    # Sites on the real line are their own unconstrained values: reuse those host arrays
+    # (no second K x S x d copy in host memory), constrain and replay only the others.
+    unchanged = identity_sites(model, model_args, model_kwargs, subsample_plates, names)
+    constrained_names = [name for name in names if name not in unchanged]
+
     def constrain(z, key, *arrays):
         args, kwargs = bind(arrays)
-        return constrain_draws(model, args, kwargs, subsample_plates, names)(z, key)
+        return constrain_draws(model, args, kwargs, subsample_plates, constrained_names)(z, key)
 
-    posterior = map_draws(constrain, draws, rng_key, *arrays)
-    pretrained_values = map_draws(
-        constrain, jax.tree.map(lambda a: np.asarray(a)[:, None], pretrained), rng_key, *arrays
-    )
+    def constrain_all(draws):
+        values = map_draws(constrain, draws, rng_key, *arrays) if constrained_names else {}
+        return {
+            name: np.asarray(draws[name]) if name in unchanged else values[name]
+            for name in sorted(names)
+        }
+
+    posterior = constrain_all(draws)
+    pretrained_values = None
+    if pretrained is not None:
+        pretrained_values = constrain_all(
+            jax.tree.map(lambda a: np.asarray(a)[:, None], pretrained)
+        )
 
     # Observed sites and dims from one full-data trace.
     full_view = minibatch.full_data_model(model, subsample_plates)
@@ -307,10 +349,13 @@ def to_inference_data(
                 for name, values in groups.items()
             },
         )
-        extra = {"pretrained": _dataset(pretrained_values, dims, {}, ("chain", "draw"))}
+        extra = {}
+        if pretrained_values is not None:
+            extra["pretrained"] = _dataset(pretrained_values, dims, {}, ("chain", "draw"))
         if pretraining:
             extra["pretraining"] = _pretraining_dataset(pretraining)
-        idata.add_groups(extra, warn_on_custom_groups=False)
+        if extra:
+            idata.add_groups(extra, warn_on_custom_groups=False)
     for group in idata.groups():
         idata[group].attrs.update(_attrs(attrs))
     return idata

@@ -56,6 +56,9 @@ NUM_NOISE_PROBES = 8
 DEFAULT_INIT_STRATEGY = init_to_uniform(radius=0.5)
 #: Gradient sanitising in mini-batch mode (ALGORITHM.md 5.5): NaN -> 0, then clip.
 GRADIENT_CLIP = 1e6
+#: Full batch: dE comes from per-datum differences once the potential's float rounding
+#: exceeds this share of the targeted |dE| (see ``_needs_per_datum_energy``).
+ENERGY_ROUNDING_SHARE = 0.01
 
 
 class SMILEState(NamedTuple):
@@ -151,11 +154,15 @@ def _chain_step(
     state: SMILEState,
     indices: dict,
     rng_key: jax.Array,
+    per_datum_energy: jax.Array | None = None,
+    logdensity_terms_fn: Callable | None = None,
 ) -> SMILEState:
     """One SMILE / MCLMC transition of a single chain on the given batch indices.
 
-    Guardrails and adaptation included; no ``lax.cond`` (this runs under ``vmap``, where a
-    ``cond`` would evaluate both branches).
+    Guardrails and adaptation included; no ``lax.cond`` on per-chain values (this runs under
+    ``vmap``, where such a ``cond`` would evaluate both branches). ``per_datum_energy`` is an
+    unbatched scalar: when True, the full-batch energy error is summed from per-datum
+    differences (``logdensity_terms_fn``, see :func:`_needs_per_datum_energy`).
     """
     value_and_grad = _value_and_grad(config, logdensity_fn, indices)
 
@@ -164,7 +171,7 @@ def _chain_step(
     current = dynamics.IntegratorState(
         position, state.momentum, -state.potential_energy, state.logdensity_grad
     )
-    proposal, _, energy_change = dynamics.mclmc_step(
+    proposal, kinetic_change, energy_change = dynamics.mclmc_step(
         current,
         rng_key,
         value_and_grad,
@@ -174,6 +181,15 @@ def _chain_step(
         config.coefficients,
         config.refresh,
     )
+    if logdensity_terms_fn is not None:
+        energy_change = jax.lax.cond(
+            per_datum_energy,
+            lambda: (
+                kinetic_change
+                - _logdensity_difference(logdensity_terms_fn, position, proposal.position)
+            ).astype(energy_change.dtype),
+            lambda: energy_change,
+        )
     finite = (
         jnp.all(jnp.isfinite(proposal.position))
         & jnp.isfinite(proposal.logdensity)
@@ -247,25 +263,32 @@ def _transition(
     unravel: Callable,
     state: SMILEState,
     num_chains: int | None,
+    logdensity_terms_fn: Callable | None = None,
 ) -> SMILEState:
     """One transition of one chain (``num_chains=None``) or of a vectorized ensemble.
 
-    Work that happens rarely (fresh velocities after resets, the ESS at the end of warmup) is
-    decided here, by a scalar ``lax.cond`` outside ``vmap``, where it is skipped when not
-    needed (under ``vmap`` a ``cond`` evaluates both branches on every step).
+    Work that happens rarely (fresh velocities after resets, the ESS at the end of warmup,
+    per-datum energy errors while the potential is small) is decided here, by a scalar
+    ``lax.cond`` outside ``vmap`` (or on an unbatched predicate), where it is skipped when not
+    needed (under ``vmap`` a ``cond`` on batched values evaluates both branches every step).
     """
     key, key_batch, key_chains, key_redirect = jax.random.split(state.rng_key, 4)
     batches, indices = minibatch.next_batches(config.plates, state.batches, key_batch, num_chains)
     state = state._replace(batches=batches)
-    step = partial(_chain_step, config, logdensity_fn, unravel)
+    per_datum = None
+    if logdensity_terms_fn is not None:
+        per_datum = _needs_per_datum_energy(config, state)
+    step = partial(
+        _chain_step, config, logdensity_fn, unravel, logdensity_terms_fn=logdensity_terms_fn
+    )
     if num_chains is None:
-        new = step(state, indices, key_chains)
+        new = step(state, indices, key_chains, per_datum)
         count = None if new.mclmc_tuner is None else new.mclmc_tuner.count - 1
     else:
         axes = _batched_axes(state)
         chain_keys = jax.random.split(key_chains, num_chains) if config.refresh else None
-        new = jax.vmap(step, in_axes=(axes, 0, 0 if config.refresh else None), out_axes=axes)(
-            state, indices, chain_keys
+        new = jax.vmap(step, in_axes=(axes, 0, 0 if config.refresh else None, None), out_axes=axes)(
+            state, indices, chain_keys, per_datum
         )
         count = None if new.mclmc_tuner is None else new.mclmc_tuner.count[0] - 1
     new = new._replace(momentum=_redirect_after_reset(new.momentum, new.diverging, key_redirect))
@@ -283,6 +306,29 @@ def _transition(
     # Keep every leaf's dtype (a float64 potential under x64 must not promote a float32 state).
     new = jax.tree.map(lambda a, b: a.astype(b.dtype), new, state)
     return new._replace(rng_key=key)
+
+
+def _logdensity_difference(terms_fn: Callable, old: jax.Array, new: jax.Array) -> jax.Array:
+    """log p(new) - log p(old), summed from per-datum differences (no large-number rounding)."""
+    return sum(jnp.sum(a - b) for a, b in zip(terms_fn(new), terms_fn(old)))
+
+
+def _needs_per_datum_energy(config: _StepConfig, state: SMILEState) -> jax.Array:
+    """Full batch: whether the potential's rounding, |U| * eps, reaches ENERGY_ROUNDING_SHARE
+    of the energy error the tuner aims at, sqrt(d * Var[dE] / d).
+
+    The potential is a sum over N data points: at N = 1e6 in float32 |U| ~ 1e6 is resolved to
+    ~0.1, coarser than the targeted |dE| (MILE's end target Var[dE] / d = 0.1 at d = 6: 0.8;
+    BlackJAX's 5e-4: 0.05), and U(new) - U(old) then measures rounding: the step-size rule
+    shrank the step 400x (float64: no change). Above the threshold, dE is summed from
+    per-datum differences at the cost of two forward passes per step; below it (small data,
+    float64) nothing changes. A scalar, decided for all chains at once.
+    """
+    energy = state.potential_energy
+    dim = state.momentum.shape[-1]
+    target = config.mclmc.energy_var_end if config.mclmc is not None else 5e-4
+    threshold = ENERGY_ROUNDING_SHARE * math.sqrt(dim * target)
+    return jnp.max(jnp.abs(energy)) * jnp.finfo(energy.dtype).eps > threshold
 
 
 def _redirect_after_reset(momentum: jax.Array, reset: jax.Array, rng_key: jax.Array):
@@ -317,8 +363,9 @@ class SMILE(MCMCKernel):
         potential_fn: alternatively, ``z -> U(z)`` (full batch) or, with ``data_size`` and
             ``subsample_size``, ``(z, batch_indices) -> U_B(z)``, an unbiased mini-batch
             estimate of the full potential. Requires ``init_params`` in ``mcmc.run``.
-        step_size: initial step size (default 1e-3 mini-batch, 1e-2 full batch); adapted
-            unless ``adapt=False``.
+        step_size: initial step size (default: in mini-batch mode the noise-limited step
+            size or 1e-3, whichever is smaller; 1e-2 in full batch); adapted unless
+            ``adapt=False``.
         L: momentum decoherence length. ``None``: no partial refresh in mini-batch mode (the
             gradient noise and resets decorrelate, as in the paper) and MILE's tuning in full
             batch. A number fixes it.
@@ -331,11 +378,16 @@ class SMILE(MCMCKernel):
         adapt: adapt the step size (and L in full batch) during warmup. False with a fixed
             ``step_size`` gives the naive variants.
         adapt_during_sampling: mini-batch mode: keep the step-size controller and the
-            preconditioner running after warmup, as in the SMILE paper (default True). Set it
-            False to freeze them so that every chain is a time-homogeneous Markov chain. The
-            reset guardrail always stays on. Full-batch tuning always stops after warmup.
-        reset_quantile, adapt_tail_prob, adapt_rate, smoothing: SMILE tuner settings
-            (ALGORITHM.md 5.5); see :class:`~numpyro_smile.tuning.EnergyTunerConfig`.
+            preconditioner running after warmup, as in the SMILE paper. False (default)
+            freezes them after warmup, so that every chain is a time-homogeneous Markov chain.
+            The reset guardrail always stays on. Full-batch tuning always stops after warmup.
+        reset_quantile: mini-batch mode: a step whose |dE| exceeds this quantile of the
+            Gamma distribution fitted to recent |dE| is rejected (a reset); 1.0 disables
+            resets. See :class:`~numpyro_smile.tuning.EnergyTunerConfig` (ALGORITHM.md 5.5).
+        adapt_tail_prob: mini-batch mode: total probability of the two tails of the fitted
+            |dE| distribution that change the step size (split by ``shrink_share``).
+        adapt_rate: mini-batch mode: relative step-size change per adapting step.
+        smoothing: mini-batch mode: EMA rate of the running mean and std of |dE|.
         shrink_share: share of ``adapt_tail_prob`` on the shrinking (upper) tail: 0.5 (default)
             is drift-free; the paper's 2/3 shrinks the step size steadily when mini-batch noise
             dominates the energy error (measured: a 7x smaller step after 10k steps on a linear
@@ -350,13 +402,14 @@ class SMILE(MCMCKernel):
         integrator: ``"mclachlan"`` (2 gradients per step, default) or ``"leapfrog"`` (1).
         init_strategy: NumPyro init strategy when ``init_params`` is not given (default
             ``init_to_uniform(radius=0.5)``: see ``DEFAULT_INIT_STRATEGY``).
-        pretrain_steps, pretrain_learning_rate: when ``init_params`` is not given, each chain
-            first runs this many Adam steps on the (mini-batch) potential from its init point,
-            as the MILE/SMILE recipe pretrains; 0 switches it off. Not counted as warmup.
+        pretrain_steps: when ``init_params`` is not given, each chain first runs this many
+            Adam steps on the (mini-batch) potential from its init point, as the MILE/SMILE
+            recipe pretrains; 0 switches it off. Not counted as warmup.
+        pretrain_learning_rate: Adam's learning rate for ``pretrain_steps``.
         batch_schedule: ``"epoch"`` (a fresh permutation per epoch, per chain) or
             ``"with_replacement"``.
-        data_size, subsample_size: with ``potential_fn`` only: N and B of the mini-batch
-            potential.
+        data_size: with ``potential_fn`` only: N, the number of data points.
+        subsample_size: with ``potential_fn`` only: B, the mini-batch size of the potential.
     """
 
     sample_field = "z"
@@ -489,6 +542,12 @@ class SMILE(MCMCKernel):
         return self._precondition
 
     @property
+    def expected_reset_rate(self) -> float:
+        """Share of steps the guardrail resets by design: ``1 - reset_quantile`` in mini-batch
+        mode (the quantile rule), 0 in full batch (where only non-finite steps are reset)."""
+        return 1.0 - self._energy_config.reset_quantile if self._plates else 0.0
+
+    @property
     def is_ensemble_kernel(self) -> bool:
         """True after a vectorized ``init``: the state then holds a single ``rng_key``."""
         return self._vectorized
@@ -525,6 +584,13 @@ class SMILE(MCMCKernel):
             return -self._potential_fn_gen(*model_args, **kwargs)(unravel(x))
 
         return logdensity
+
+    def _logdensity_terms_fn(self, model_args, model_kwargs) -> Callable | None:
+        """Full-batch model: ``x -> [per-site, per-element log densities]``; else ``None``."""
+        if self._model is None or self._plates:
+            return None
+        model, unravel = self._model, self._unravel
+        return lambda x: minibatch.log_density_terms(model, model_args, model_kwargs, unravel(x))
 
     def init(
         self,
@@ -591,9 +657,13 @@ class SMILE(MCMCKernel):
         state = jax.jit(init_chain)(init_params, key_chains)
         state = state._replace(rng_key=key_state)
 
+        init_shapes = _argument_shapes(model_args, model_kwargs)
+
         def sample_fn(state, model_args, model_kwargs):
+            _check_same_shapes(init_shapes, _argument_shapes(model_args, model_kwargs))
             logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
-            return _transition(config, logdensity_fn, self._unravel, state, num_chains)
+            terms_fn = self._logdensity_terms_fn(model_args, model_kwargs)
+            return _transition(config, logdensity_fn, self._unravel, state, num_chains, terms_fn)
 
         self._sample_fn = sample_fn
         return state
@@ -754,6 +824,36 @@ class SMILE(MCMCKernel):
             batches=batches,
             rng_key=rng_key,
         )
+
+
+def _argument_shapes(model_args: tuple, model_kwargs: dict) -> dict[str, tuple[int, ...]]:
+    """``{"model_args[1]": (N,), "model_kwargs['X']": (N, p), ...}`` for every array argument."""
+    shapes = {}
+    leaves = jax.tree_util.tree_leaves_with_path((tuple(model_args), dict(model_kwargs)))
+    for path, leaf in leaves:
+        if hasattr(leaf, "shape"):
+            group = ("model_args", "model_kwargs")[path[0].idx]
+            shapes[group + jax.tree_util.keystr(path[1:])] = tuple(leaf.shape)
+    return shapes
+
+
+def _check_same_shapes(at_init: dict, now: dict) -> None:
+    """The chain state (batch schedules, preconditioner, tuned step size) belongs to the data it
+    was initialised and warmed up on: refuse to continue on data of another shape."""
+    if now == at_init:
+        return
+    changed = sorted(set(at_init) ^ set(now)) + [
+        f"{name}: {at_init[name]} -> {now[name]}"
+        for name in at_init
+        if name in now and at_init[name] != now[name]
+    ]
+    raise ValueError(
+        "The model arguments changed shape since the chains were initialised (e.g. between "
+        f"mcmc.warmup(...) and mcmc.run(...)): {', '.join(changed)}. The chain state (batch "
+        "schedule, preconditioner, tuned step size) belongs to the data it was warmed up on. "
+        "Pass the same data, or start afresh on the new data (a new MCMC object, or "
+        "mcmc.post_warmup_state = None before mcmc.run)."
+    )
 
 
 def check_init_params(init_params: Any, expected: dict, num_chains: int | None) -> None:

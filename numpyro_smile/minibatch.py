@@ -25,7 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
-from numpyro.infer.util import ModelInfo, initialize_model
+from numpyro.infer.util import (
+    ModelInfo,
+    _unconstrain_reparam,
+    compute_log_probs,
+    initialize_model,
+)
 from numpyro.primitives import Messenger
 
 __all__ = [
@@ -46,6 +51,7 @@ __all__ = [
     "initialize_subsampled_model",
     "inspect_model",
     "keyed_permutation",
+    "log_density_terms",
     "next_batches",
     "prior_only_model",
     "split_model_args",
@@ -115,11 +121,17 @@ def inspect_model(
             or a subsampled plate nested in another one.
     """
     inspector = _PlateInspector(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model_trace = handlers.trace(handlers.seed(inspector, rng_seed=0)).get_trace(
-            *model_args, **model_kwargs
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model_trace = handlers.trace(handlers.seed(inspector, rng_seed=0)).get_trace(
+                *model_args, **model_kwargs
+            )
+    except ValueError as error:
+        hint = _data_shape_hint(str(error), inspector.plates)
+        if hint is None:
+            raise
+        raise ModelError(hint) from error
     plates: dict[str, PlateInfo] = {}
     for name, (size, subsample_size) in inspector.plates.items():
         if subsample_size is None or subsample_size == size:
@@ -143,6 +155,7 @@ def inspect_model(
                 "side by side, not nested. Subsample one plate and keep the others whole."
             )
         if site["is_observed"]:
+            _check_observation_is_subsampled(name, site, plates)
             continue
         latent_sites += 1
         if getattr(site["fn"], "has_enumerate_support", False) or site["fn"].support.is_discrete:
@@ -164,6 +177,45 @@ def inspect_model(
             "is nothing to sample. Add a prior site, e.g. numpyro.sample('w', dist.Normal())."
         )
     return plates
+
+
+def _check_observation_is_subsampled(name: str, site: dict, plates: dict) -> None:
+    """An observed site in a subsampled plate must hold B values along the plate's dimension;
+    N values mean the data was not sliced with ``numpyro.subsample``."""
+    shape = jnp.shape(site["value"])
+    for frame in site["cond_indep_stack"]:
+        if frame.name not in plates:
+            continue
+        position = len(shape) - site["fn"].event_dim + frame.dim
+        batch = plates[frame.name].subsample_size
+        if 0 <= position < len(shape) and shape[position] not in (1, batch):
+            raise ModelError(
+                f"Observed site {name!r} in the subsampled plate {frame.name!r} has "
+                f"{shape[position]} values along the plate dimension, not the mini-batch's "
+                f"{batch}: its data was not sliced to the mini-batch. Pass it through "
+                "numpyro.subsample(y, event_dim=0) (event_dim=1 for rows of a matrix), e.g. "
+                "obs=numpyro.subsample(y, event_dim=0)."
+            )
+
+
+def _data_shape_hint(message: str, plates: dict) -> str | None:
+    """Explain the two shape errors a mini-batched model typically raises while traced."""
+    if "invalid shape of numpyro.subsample" in message:
+        return (
+            f"{message}. Every array subsampled in a plate must have the plate's size along "
+            "the plate dimension: pass arrays of equal length (e.g. X and y with the same "
+            "number of rows) and size the plate by them, numpyro.plate('data', X.shape[0], "
+            "subsample_size=B)."
+        )
+    subsampled = [name for name, (size, batch) in plates.items() if batch and batch < size]
+    if "Incompatible shapes for broadcasting" in message and subsampled:
+        return (
+            f"{message} inside the subsampled plate {subsampled[0]!r}. Data used inside a "
+            "subsampled plate must be sliced to the mini-batch: pass it through "
+            "numpyro.subsample(y, event_dim=0) (event_dim=1 for rows of a matrix) before "
+            "using it, e.g. as obs=."
+        )
+    return None
 
 
 def check_finite_data(model_args: tuple, model_kwargs: dict) -> None:
@@ -335,6 +387,21 @@ def flat_potential(potential_gen: Callable, unravel: Callable, bind: Callable) -
         return potential_gen(*args, **kwargs)(unravel(x))
 
     return potential
+
+
+def log_density_terms(
+    model: Callable, model_args: tuple, model_kwargs: dict, params: dict
+) -> list[jax.Array]:
+    """Every sample site's log density at unconstrained ``params``, per element (not summed).
+
+    Their total is minus NumPyro's ``potential_energy`` (the constraining transforms'
+    log-Jacobians are factor sites). Differences of two points summed term by term,
+    ``sum(new - old)``, keep the precision that ``U(new) - U(old)`` loses when U is large: in
+    float32 a potential of 1e6 is resolved to ~0.1, coarser than MCLMC's energy errors.
+    """
+    substituted = handlers.substitute(model, substitute_fn=partial(_unconstrain_reparam, params))
+    log_probs, _ = compute_log_probs(substituted, model_args, model_kwargs, {}, False)
+    return list(log_probs.values())
 
 
 def full_data_indices(plates: dict[str, PlateInfo]) -> dict[str, jax.Array]:

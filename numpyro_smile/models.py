@@ -40,7 +40,8 @@ def mlp_params(
     Call it outside the data plate: the weights are shared by all data points.
 
     Args:
-        num_inputs, num_outputs: widths of the input and of the linear output layer.
+        num_inputs: width of the input.
+        num_outputs: width of the linear output layer.
         hidden: widths of the hidden layers.
         prior_scale: standard deviation of the N(0, prior_scale^2) prior on every parameter.
     """
@@ -79,10 +80,12 @@ def mlp_regression(
     """Bayesian MLP regression: y ~ N(mlp(x), sigma^2) with a learned noise scale sigma.
 
     Args:
-        X: ``(N, p)`` inputs; y: ``(N,)`` targets (``None`` to sample them).
+        X: ``(N, p)`` inputs.
+        y: ``(N,)`` targets (``None`` to sample them).
         hidden: hidden-layer widths (the papers: 16-16 or 16-16-16).
         batch_size: mini-batch size of the ``"data"`` plate (``None``: full batch).
         prior_scale: prior standard deviation of every weight and bias.
+        activation: the nonlinearity between layers.
     """
     params = mlp_params(X.shape[-1], 1, hidden, prior_scale)
     log_sigma = numpyro.sample("log_sigma", dist.Normal(0.0, 1.0))
@@ -107,10 +110,13 @@ def mlp_classification(
     """Bayesian MLP classification: y ~ Categorical(softmax(mlp(x))).
 
     Args:
-        X: ``(N, p)`` inputs; y: ``(N,)`` integer labels in ``[0, num_classes)`` (``None`` to
-            sample them).
+        X: ``(N, p)`` inputs.
+        y: ``(N,)`` integer labels in ``[0, num_classes)`` (``None`` to sample them).
         num_classes: number of classes (2 for binary data).
-        hidden, batch_size, prior_scale: as in :func:`mlp_regression`.
+        hidden: hidden-layer widths, as in :func:`mlp_regression`.
+        batch_size: mini-batch size of the ``"data"`` plate (``None``: full batch).
+        prior_scale: prior standard deviation of every weight and bias.
+        activation: the nonlinearity between layers.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}.")

@@ -18,7 +18,7 @@ import numpyro.distributions as dist
 import optax
 import pytest
 
-from numpyro_smile import SMILEEnsemble, minibatch
+from numpyro_smile import ResetWarning, SMILEEnsemble, minibatch
 from numpyro_smile.models import mlp_classification, mlp_regression
 
 N, P, B, K = 400, 3, 50, 4
@@ -150,15 +150,26 @@ def stressed_run():
         kernel_kwargs={"step_size": 0.5, "adapt": False},
         log_likelihood=37,
     )
-    return ensemble, ensemble.run(jax.random.key(1), X, y)
+    with pytest.warns(ResetWarning) as record:
+        idata = ensemble.run(jax.random.key(1), X, y)
+    return ensemble, idata, record
 
 
 def test_resets_are_visible_and_draws_stay_finite(stressed_run):
-    ensemble, idata = stressed_run
+    ensemble, idata, record = stressed_run
     stats = idata.sample_stats
     assert stats["diverging"].values.any()
     np.testing.assert_array_equal(stats["diverging"].values, stats["resets"].values > 0)
-    assert int(np.sum(ensemble.last_state.num_resets)) >= int(stats["resets"].values.sum())
+    # thinning=1: every sampling reset is in `resets`; the rest happened during warmup
+    in_warmup = ensemble.post_warmup_state.num_resets
+    np.testing.assert_array_equal(
+        ensemble.last_state.num_resets - in_warmup, stats["resets"].values.sum(axis=1)
+    )
+    # one warning after the run, with the totals over warmup and sampling
+    [warning] = [w for w in record if issubclass(w.category, ResetWarning)]
+    resets = np.asarray(ensemble.last_state.num_resets)
+    affected = np.count_nonzero(resets)
+    assert f"{resets.sum()} resets in {affected} of 2 members" in str(warning.message)
     for group in ("posterior", "sample_stats", "log_likelihood"):
         for name, value in idata[group].data_vars.items():
             assert np.all(np.isfinite(np.asarray(value, float))), f"{group}.{name}"
@@ -166,7 +177,7 @@ def test_resets_are_visible_and_draws_stay_finite(stressed_run):
 
 
 def test_log_likelihood_on_a_random_subset(stressed_run):
-    _, idata = stressed_run
+    _, idata, _ = stressed_run
     log_lik = idata.log_likelihood["y"]
     assert log_lik.shape == (2, 100, 37)
     chosen = log_lik["data"].values

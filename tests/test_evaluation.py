@@ -13,7 +13,7 @@ from scipy import stats
 
 from numpyro_smile import evaluate
 from numpyro_smile.datasets import load_table, split_standardize
-from numpyro_smile.evaluation import expected_calibration_error, lppd
+from numpyro_smile.evaluation import expected_calibration_error, lppd, predict
 from numpyro_smile.inference_data import map_draws
 
 from .conftest import DATA_DIR
@@ -44,6 +44,43 @@ def test_regression_metrics_of_a_known_predictive():
     # a too-narrow predictive (N(0, 1) for data of sd 1.5 sqrt(1.25)) covers P(|Z| < 0.98)
     narrow = evaluate(location_model, az.from_dict(posterior={"mu": 0 * mu[:, :10]}), 1.5 * y_test)
     assert abs(narrow["coverage_90"] - 0.673) < 4 * 0.0092
+
+
+def test_predict_summarises_the_known_mixture():
+    """mu ~ N(0, 0.5^2) draws: every point's predictive is N(0, 1.25), with or without labels."""
+    rng = np.random.default_rng(1)
+    mu = rng.normal(0.0, 0.5, size=(4, 2000)).astype(np.float32)
+    idata = az.from_dict(posterior={"mu": mu})
+    levels = (0.05, 0.5, 0.95)
+    out = predict(location_model, idata, quantiles=levels)  # y=None: 300 new points
+    assert set(out) == {"mean", "sd", "quantiles"} and out["quantiles"].shape == (3, 300)
+    np.testing.assert_allclose(out["mean"], mu.mean(), atol=1e-5)
+    np.testing.assert_allclose(out["sd"], np.sqrt(1.0 + mu.var()), rtol=1e-4)
+    # a quantile from 8000 replicates: sd sqrt(q (1 - q) / 8000) / density <= 0.027; 5 sd
+    exact = stats.norm(0.0, np.sqrt(1.25)).ppf(levels)
+    assert np.all(np.abs(out["quantiles"] - exact[:, None]) < 5 * 0.027)
+    y_test = rng.normal(0.0, np.sqrt(1.25), size=50).astype(np.float32)
+    with_labels = predict(location_model, idata, y_test)
+    expected = stats.norm(0.0, np.sqrt(1.25)).logpdf(y_test)
+    np.testing.assert_allclose(with_labels["log_density"], expected, atol=0.02)
+    assert with_labels["log_density"].mean() == pytest.approx(
+        evaluate(location_model, idata, y_test)["lppd"], abs=1e-5
+    )
+    with pytest.raises(ValueError, match="quantiles must lie in"):
+        predict(location_model, idata, quantiles=(1.5,))
+
+
+def test_predict_class_probabilities():
+    def model(X, y=None):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([2, 3]).to_event(2))
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", dist.Categorical(logits=X @ w), obs=y)
+
+    w = np.random.default_rng(2).normal(size=(2, 5, 2, 3)).astype(np.float32)
+    X = np.eye(2, dtype=np.float32)
+    probs = predict(model, az.from_dict(posterior={"w": w}), X)["probs"]
+    expected = np.asarray(jax.nn.softmax(np.einsum("np,kspc->ksnc", X, w), -1)).mean((0, 1))
+    np.testing.assert_allclose(probs, expected, rtol=1e-5)
 
 
 def test_lppd_is_log_mean_exp_over_pooled_draws():

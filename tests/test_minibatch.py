@@ -60,6 +60,41 @@ def test_local_latent_in_subsampled_plate_is_rejected():
         minibatch.inspect_model(model, (jnp.zeros(100),), {})
 
 
+def test_arrays_of_different_lengths_in_one_plate_are_rejected():
+    X, y = small_data()
+    with pytest.raises(ModelError, match=r"invalid shape.*\(900,\).*arrays of equal length"):
+        minibatch.inspect_model(linear_regression, (X, y[:900]), {"subsample_size": 100})
+
+
+def test_observations_not_sliced_to_the_batch_are_rejected():
+    def model(X, y):
+        beta = numpyro.sample("beta", dist.Normal().expand([X.shape[1]]).to_event(1))
+        with numpyro.plate("N", X.shape[0], subsample_size=100):
+            x = numpyro.subsample(X, event_dim=1)
+            numpyro.sample("obs", dist.Normal(x @ beta, 1.0), obs=y)  # y not subsampled
+
+    X, y = small_data()
+    with pytest.raises(ModelError, match=r"'obs'.*1000 values.*not the mini-batch's 100"):
+        minibatch.inspect_model(model, (X, y), {})
+
+
+def test_nested_subsample_plates_are_rejected():
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal())
+        with numpyro.plate("groups", 20, subsample_size=5, dim=-2):
+            with numpyro.plate("N", y.shape[-1], subsample_size=10, dim=-1):
+                obs = numpyro.subsample(y, event_dim=0)  # both plates slice it
+                numpyro.sample("obs", dist.Normal(mu, 1), obs=obs)
+
+    with pytest.raises(ModelError, match="'obs' sits in several subsampled plates"):
+        minibatch.inspect_model(model, (jnp.zeros((20, 100)),), {})
+
+
+def test_subsample_size_equal_to_the_data_is_full_batch():
+    X, y = small_data()
+    assert minibatch.inspect_model(linear_regression, (X, y), {"subsample_size": 1000}) == {}
+
+
 def test_model_without_latent_sites_is_rejected():
     def model(y):
         numpyro.sample("obs", dist.Normal(0, 1), obs=y)
