@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format benchmark benchmark-uci notebooks docs clean
+.PHONY: demo test test-fast lint format benchmark benchmark-uci benchmark-scale notebooks docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ benchmark: $(STAMP)  ## step overhead of SMILE vs raw mini-batch gradients
 
 benchmark-uci: $(STAMP)  ## every method side by side on UCI airfoil (small budget)
 	$(PY) -m benchmarks.uci --data $${SMILE_DATA_DIR:-../shared/data}/airfoil.data --budget small --out outputs/uci_small_airfoil
+
+benchmark-scale: $(STAMP)  ## step time and memory at N = 1e4..1e6 (about 5 minutes)
+	$(PY) -m benchmarks.scale
 
 notebooks: $(STAMP)  ## execute notebooks/ (full budget, a few minutes) into outputs/notebooks/
 	mkdir -p outputs/notebooks

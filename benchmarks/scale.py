@@ -14,10 +14,11 @@ Three measurements, all float32 (the default), 4 chains vectorized, mini-batches
    O(N) ``jax.random.permutation`` per epoch, amortised over its N / B batches.
 3. **Memory.** One subprocess per (N, draws): ``MCMC(SMILE(model)).run`` on the linear
    regression with 500 warmup steps and ``draws`` kept draws, then ``get_samples()``.
-   Reported: resident memory after imports, after the data, the peak (``ru_maxrss``), the
-   bytes of the data, of the draws and statistics returned, and of all live JAX arrays after
-   the run. A least-squares fit peak = a + b * N + c * draws checks that nothing grows like
-   N * draws (nothing materialises a ``(draws, N)`` array).
+   Reported: resident memory (``/proc/self/status``) after imports, after the data, at its
+   peak and after the run; the bytes of the data, of the draws and statistics returned, and of
+   the live JAX buffers after the run (each buffer once). A least-squares fit
+   peak = a + b * N + c * draws checks that nothing grows like N * draws (nothing
+   materialises a ``(draws, N)`` array).
 
 The pointwise log-likelihood that ``az.from_numpyro(mcmc)`` computes is ``chains * draws * N``
 floats by design (16 GB for 4 x 1,000 draws at N = 10^6): pass ``log_likelihood=False`` there,
@@ -26,6 +27,8 @@ or use ``SMILEEnsemble(log_likelihood=m)`` (a fixed random subset of m points, i
 Run::
 
     python -m benchmarks.scale [--steps 2000] [--repeats 7] [--skip-memory] [--out scale.json]
+
+(``--skip-steps``, ``--skip-schedule``, ``--skip-memory`` leave a part out.)
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -83,16 +85,15 @@ def make_data(size: int, num_features: int, seed: int = 0):
     return jnp.asarray(X), jnp.asarray(y.astype(np.float32))
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak) of this process, from /proc, in MB.
+
+    Not ``getrusage``: Linux carries ``ru_maxrss`` over ``execve`` from the forking parent."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 # ------------------------------------------------------------------ 1. step time
@@ -146,7 +147,11 @@ def step_times(model_name: str, steps: int, repeats: int) -> list[dict]:
 
 
 def batch_schedule_times(steps: int, repeats: int) -> list[dict]:
-    """Time per batch of the epoch schedule (4 chains), and of one full permutation."""
+    """Time per batch of the epoch schedule (4 chains), and of one full permutation.
+
+    The per-batch cost depends on how far N is below the Feistel network's range 4^h (cycle
+    walking: 4^h / N expected passes), not on N itself; N = 10^8 shows the schedule's O(1)
+    state and O(B) work where a materialised permutation would be 400 MB per chain."""
     rows = []
     for size in (*SIZES, 100_000_000):
         plate = minibatch.PlateInfo(size, BATCH)
@@ -172,12 +177,14 @@ def batch_schedule_times(steps: int, repeats: int) -> list[dict]:
             start = time.perf_counter()
             jax.block_until_ready(run(schedules, jax.random.key(1)))
             per_batch.append((time.perf_counter() - start) / steps)
-        permutation = jax.jit(lambda k, size=size: jax.random.permutation(k, size))
-        jax.block_until_ready(permutation(jax.random.key(2)))
-        start = time.perf_counter()
-        jax.block_until_ready(permutation(jax.random.key(3)))
-        permutation_s = time.perf_counter() - start
         batches_per_epoch = size // BATCH
+        permutation_s = float("nan")  # a full permutation at 10^8 takes minutes on a CPU
+        if size <= max(SIZES):
+            permutation = jax.jit(lambda k, size=size: jax.random.permutation(k, size))
+            jax.block_until_ready(permutation(jax.random.key(2)))
+            start = time.perf_counter()
+            jax.block_until_ready(permutation(jax.random.key(3)))
+            permutation_s = time.perf_counter() - start
         rows.append(
             {
                 "N": size,
@@ -194,12 +201,27 @@ def batch_schedule_times(steps: int, repeats: int) -> list[dict]:
 # ------------------------------------------------------------------ 3. memory (subprocesses)
 
 
+def _distinct_buffer_bytes(arrays) -> int:
+    """Bytes of the device buffers behind ``arrays``, each counted once: a compiled call that
+    closes over an array (``SMILE.init`` over the data) holds a second ``jax.Array`` on the
+    same buffer, which ``jax.live_arrays()`` lists twice."""
+    buffers = {}
+    for array in arrays:
+        for shard in array.addressable_shards:
+            try:
+                key = shard.data.unsafe_buffer_pointer()
+            except Exception:  # PRNG key arrays: tiny, count them by object
+                key = id(shard.data)
+            buffers[key] = shard.data.nbytes
+    return sum(buffers.values())
+
+
 def memory_child(size: int, draws: int) -> dict:
     """Runs in a fresh process: one MCMC run, its memory figures as a dict."""
-    rss_imports = _rss_mb()
+    rss_imports = _status_mb("VmRSS")
     X, y = make_data(size, 6)
     jax.block_until_ready((X, y))
-    rss_data = _rss_mb()
+    rss_data = _status_mb("VmRSS")
     mcmc = MCMC(
         SMILE(linear_regression, pretrain_steps=0),
         num_warmup=500,
@@ -214,20 +236,20 @@ def memory_child(size: int, draws: int) -> dict:
     stats = mcmc.get_extra_fields(group_by_chain=True)
     wall = time.perf_counter() - start
     returned = sum(np.asarray(v).nbytes for v in jax.tree.leaves((samples, stats)))
-    live = sum(a.nbytes for a in jax.live_arrays())
-    largest = max(jax.live_arrays(), key=lambda a: a.nbytes)
+    live_arrays = sorted(jax.live_arrays(), key=lambda a: -a.nbytes)
+    live = _distinct_buffer_bytes(live_arrays)
     return {
         "N": size,
         "draws": draws,
         "wall_s": wall,
         "rss_imports_mb": rss_imports,
         "rss_data_mb": rss_data,
-        "rss_peak_mb": _peak_rss_mb(),
-        "rss_after_mb": _rss_mb(),
+        "rss_peak_mb": _status_mb("VmHWM"),
+        "rss_after_mb": _status_mb("VmRSS"),
         "data_mb": (X.nbytes + y.nbytes) / 2**20,
         "draws_and_stats_mb": returned / 2**20,
         "live_jax_arrays_mb": live / 2**20,
-        "largest_live_array": [list(largest.shape), str(largest.dtype)],
+        "largest_live_arrays": [f"{a.dtype}{list(a.shape)}" for a in live_arrays[:4]],
     }
 
 
@@ -287,6 +309,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--skip-steps", action="store_true")
+    parser.add_argument("--skip-schedule", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -306,10 +330,14 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "repeats": args.repeats,
     }
-    print("step time")
-    results["step_time"] = [r for m in args.models for r in step_times(m, args.steps, args.repeats)]
-    print("batch schedule")
-    results["batch_schedule"] = batch_schedule_times(args.steps, args.repeats)
+    if not args.skip_steps:
+        print("step time")
+        results["step_time"] = [
+            r for m in args.models for r in step_times(m, args.steps, args.repeats)
+        ]
+    if not args.skip_schedule:
+        print("batch schedule")
+        results["batch_schedule"] = batch_schedule_times(args.steps, args.repeats)
     if not args.skip_memory:
         print("memory (one subprocess per row)")
         results["memory"] = memory_table()
@@ -317,22 +345,20 @@ def main(argv=None) -> dict:
 
     print(f"\n{results['device']}, {results['cpu_count']} CPUs, jax {results['jax']}")
     print(f"B = {BATCH}, {NUM_CHAINS} chains vectorized, float32\n")
-    print("Step time (median of the interleaved repeats; ratio to N = 10^4, goal <= 1.2):")
-    cols = ["model", "N", "step_ms_median", "step_ms_min", "step_ms_max", "ratio_to_1e4"]
-    print(_table(results["step_time"], cols))
-    print("\nEpoch batch schedule, 4 chains (per batch) vs one full permutation:")
-    print(
-        _table(
-            results["batch_schedule"],
-            [
-                "N",
-                "epochs_in_run",
-                "batch_us_median",
-                "full_permutation_ms",
-                "permutation_us_per_batch_amortised",
-            ],
-        )
-    )
+    if "step_time" in results:
+        print("Step time (median of the interleaved repeats; ratio to N = 10^4, goal <= 1.2):")
+        cols = ["model", "N", "step_ms_median", "step_ms_min", "step_ms_max", "ratio_to_1e4"]
+        print(_table(results["step_time"], cols))
+    if "batch_schedule" in results:
+        print("\nEpoch batch schedule, 4 chains (per batch) vs one full permutation:")
+        cols = [
+            "N",
+            "epochs_in_run",
+            "batch_us_median",
+            "full_permutation_ms",
+            "permutation_us_per_batch_amortised",
+        ]
+        print(_table(results["batch_schedule"], cols))
     if "memory" in results:
         print("\nMemory (MB; one process per row; 500 warmup steps + draws, linear model):")
         cols = [
@@ -341,6 +367,7 @@ def main(argv=None) -> dict:
             "rss_imports_mb",
             "rss_data_mb",
             "rss_peak_mb",
+            "rss_after_mb",
             "data_mb",
             "draws_and_stats_mb",
             "live_jax_arrays_mb",

@@ -371,6 +371,9 @@ class SMILEEnsemble:
             raise RuntimeError(
                 "There is no state to save yet: call run() or warmup() first (or pass state=)."
             )
+        return self._checkpoint_of(state)
+
+    def _checkpoint_of(self, state: SMILEState) -> checkpoint.EnsembleCheckpoint:
         return checkpoint.make_checkpoint(
             state,
             num_warmup=self._kernel_num_warmup,
@@ -411,15 +414,7 @@ class SMILEEnsemble:
         minibatch.check_finite_data(model_args, model_kwargs)
         self._plates = minibatch.inspect_model(self._model, model_args, model_kwargs)
         if isinstance(resume_from, SMILEState):  # with this ensemble's metadata
-            saved = checkpoint.make_checkpoint(
-                resume_from,
-                num_warmup=self._kernel_num_warmup,
-                mode=self._mode(),
-                plates=self._plates,
-                kernel_kwargs=self.kernel_kwargs,
-                pretrained_params=self.pretrained_params,
-                pretraining=self._pretraining,
-            )
+            saved = self._checkpoint_of(resume_from)
         elif isinstance(resume_from, checkpoint.EnsembleCheckpoint):
             saved = resume_from
         else:

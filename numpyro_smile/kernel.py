@@ -58,7 +58,7 @@ DEFAULT_INIT_STRATEGY = init_to_uniform(radius=0.5)
 GRADIENT_CLIP = 1e6
 #: Full batch: dE comes from per-datum differences once the potential's float rounding
 #: exceeds this share of the targeted |dE| (see ``_needs_per_datum_energy``).
-ENERGY_ROUNDING_SHARE = 0.01
+ENERGY_ROUNDING_SHARE = 0.05
 
 
 class SMILEState(NamedTuple):

@@ -459,14 +459,3 @@ def test_model_errors_surface_through_mcmc_run():
         mcmc = MCMC(SMILE(model), num_warmup=5, num_samples=5, progress_bar=False)
         with pytest.raises(ModelError, match=message):
             mcmc.run(jax.random.key(0), jnp.zeros(100))
-
-
-def test_runs_under_x64(blr):
-    """With x64 on, a float64 potential must not change the state's dtypes (scan carries)."""
-    with jax.enable_x64(True):
-        mcmc = run_blr(blr, num_warmup=200, num_samples=200, num_chains=2)
-        beta = np.asarray(mcmc.get_samples()["beta"])
-        gaussian = run_gaussian(num_samples=100)
-        x = np.asarray(gaussian.get_samples()["x"])
-    assert np.isfinite(beta).all() and np.isfinite(x).all()
-    assert x.dtype == np.float64

@@ -77,7 +77,9 @@ def test_strip_removes_outputs_and_metadata(tmp_path):
     assert strip.main(["--check", str(path)]) == 1
     assert strip.main([str(path)]) == 0
     assert strip.main(["--check", str(path)]) == 0
-    assert path.read_text() == (NOTEBOOK_DIR / NOTEBOOKS[0]).read_text()
+    assert path.read_text(encoding="utf-8") == (NOTEBOOK_DIR / NOTEBOOKS[0]).read_text(
+        encoding="utf-8"
+    )
 
 
 def execute(name: str) -> tuple[nbformat.NotebookNode, dict]:

@@ -144,8 +144,8 @@ def assert_posterior(mcmc: MCMC, problem: Problem) -> None:
     assert 0.0 < float(np.mean(stats["diverging"])) < 0.05
     # The tuner reads |dE| relative to its running mean, which the batch-to-batch noise of the
     # N/B-scaled potential sets (~3e4 here): float32's resolution of U (~0.1) is below 1e-4 of
-    # it. (Measured against an x64 run of the regression: the same resets, step sizes to 4
-    # digits and mean |dE| to 5.)
+    # it. (Measured against an x64 run: the same reset rate, mean |dE| to 5 digits, final step
+    # sizes to 4 digits but for one chain one controller step apart; docs/benchmarks.md.)
     resolution = np.finfo(np.float32).eps * np.max(np.abs(np.asarray(stats["potential_energy"])))
     assert resolution < 1e-4 * np.mean(energy_change), (resolution, np.mean(energy_change))
 

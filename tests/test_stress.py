@@ -43,7 +43,7 @@ def warmup_then_run(kernel, init_params, num_warmup, num_samples, num_chains, se
         progress_bar=False,
     )
     key_warmup, key_run = jax.random.split(jax.random.key(seed))
-    mcmc.warmup(key_warmup, init_params=init_params, extra_fields=("num_resets",))
+    mcmc.warmup(key_warmup, init_params=init_params)
     mcmc.run(key_run, init_params=init_params)
     return mcmc
 
@@ -138,7 +138,7 @@ def test_heavy_tailed_data_with_outliers(heavy_tailed_data, model):
         chain_method="vectorized",
         progress_bar=False,
     )
-    mcmc.warmup(jax.random.key(2), X, y, subsample_size=128, extra_fields=("num_resets",))
+    mcmc.warmup(jax.random.key(2), X, y, subsample_size=128)
     mcmc.run(jax.random.key(3), X, y, subsample_size=128)
     samples, _ = assert_finite_and_counted(mcmc)
     draws = np.asarray(samples["beta"], np.float64).reshape(-1, 3)
