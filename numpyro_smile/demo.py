@@ -107,7 +107,7 @@ def _print_table(metrics: dict) -> None:
         ("test RMSE (standardised)", "rmse", "{:.3f}"),
         ("90% interval coverage", "coverage_90", "{:.2f}"),
         ("calibration error", "calibration_error", "{:.3f}"),
-        ("run time, s", "time_s", "{:.1f}"),
+        ("run time, s", "time_s", "{:.2f}"),
         ("compilation, s", "compile_s", "{:.1f}"),
     ]
     names = list(metrics)
