@@ -270,15 +270,7 @@ class SMILEEnsemble:
         key_init, key_pretrain, key_chains, key_post = jax.random.split(rng_key, 4)
 
         with _Progress(self._progress_total(), self.progress_bar) as progress:
-            info = minibatch.initialize_subsampled_model(
-                jax.random.split(key_init, self.num_members),
-                self._model,
-                self._plates,
-                self.init_strategy,
-                model_args,
-                model_kwargs,
-                shapes_only=init_params is not None,
-            )
+            info = self._model_info(key_init, model_args, model_kwargs, init_params is not None)
             initial = info.param_info.z
             if init_params is not None:
                 one_member = jax.tree.map(
@@ -404,6 +396,19 @@ class SMILEEnsemble:
         """
         return checkpoint.save_checkpoint(path, self.to_checkpoint(state))
 
+    def _model_info(self, key, model_args, model_kwargs, shapes_only: bool):
+        """NumPyro's model info (potential, transforms) and, unless ``shapes_only``, one
+        initial point per member from the init strategy."""
+        return minibatch.initialize_subsampled_model(
+            jax.random.split(key, self.num_members),
+            self._model,
+            self._plates,
+            self.init_strategy,
+            model_args,
+            model_kwargs,
+            shapes_only=shapes_only,
+        )
+
     def _mode(self) -> str:
         return "full_batch" if self.full_batch or not self._plates else "minibatch"
 
@@ -420,15 +425,7 @@ class SMILEEnsemble:
         else:
             saved = checkpoint.load_checkpoint(resume_from)
         key_init, _, key_chains, key_post = jax.random.split(rng_key, 4)
-        info = minibatch.initialize_subsampled_model(
-            jax.random.split(key_init, self.num_members),
-            self._model,
-            self._plates,
-            self.init_strategy,
-            model_args,
-            model_kwargs,
-            shapes_only=True,
-        )
+        info = self._model_info(key_init, model_args, model_kwargs, shapes_only=True)
         shapes = info.param_info.z
         checkpoint.check_compatible(
             saved,
