@@ -241,9 +241,7 @@ def check_compatible(
         )
     saved_params = {name: (tuple(shape), dtype) for name, shape, dtype in checkpoint.params}
     these_params = {name: (tuple(shape), dtype) for name, shape, dtype in params}
-    if [p[0] for p in checkpoint.params] != [p[0] for p in params] or saved_params != (
-        these_params
-    ):
+    if checkpoint.params != params:  # [[name, shape, dtype]] in ravel order
         differences = [
             f"{name}: {saved_params.get(name, 'absent')} in the checkpoint, "
             f"{these_params.get(name, 'absent')} in this model"

@@ -78,6 +78,20 @@ def test_observations_not_sliced_to_the_batch_are_rejected():
         minibatch.inspect_model(model, (X, y), {})
 
 
+def test_unsliced_distribution_parameter_gets_the_subsample_hint():
+    def model(X, y):
+        beta = numpyro.sample("beta", dist.Normal().expand([X.shape[1]]).to_event(1))
+        scale = 1.0 + jnp.abs(X[:, 0])  # per-datum noise scale, computed from X, not the batch
+        with numpyro.plate("N", X.shape[0], subsample_size=100):
+            x = numpyro.subsample(X, event_dim=1)
+            target = numpyro.subsample(y, event_dim=0)
+            numpyro.sample("obs", dist.Normal(x @ beta, scale), obs=target)
+
+    X, y = small_data()
+    with pytest.raises(ModelError, match=r"Incompatible shapes.*inside the subsampled plate 'N'"):
+        minibatch.inspect_model(model, (X, y), {})
+
+
 def test_nested_subsample_plates_are_rejected():
     def model(y):
         mu = numpyro.sample("mu", dist.Normal())
