@@ -43,7 +43,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer.util import constrain_fn
 from numpyro.util import is_prng_key
 
-from numpyro_smile import checkpoint, diagnostics, evaluation, inference_data, minibatch, pretrain
+from numpyro_smile import (
+    checkpoint,
+    diagnostics,
+    evaluation,
+    inference_data,
+    minibatch,
+    pretrain,
+    tuning,
+)
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY, SMILE, SMILEState, check_init_params
 
 __all__ = ["SMILEEnsemble"]
@@ -68,8 +76,10 @@ class SMILEEnsemble:
         num_samples: sampling steps per chain after warmup.
         thinning: keep every ``thinning``-th sampling step: ``num_samples // thinning`` draws per
             member (the papers: 10,000 steps, thinning 10, 1,000 draws).
-        full_batch: sample with full-data gradients (MILE: MCLMC with MILE's tuning) even when
-            the model subsamples; pretraining still uses the model's mini-batches.
+        full_batch: sample with full-data gradients (MILE: MCLMC with MILE's tuning, including
+            its energy-variance schedule ``desired_energy_var=(0.5, 0.1)``; ``kernel_kwargs``
+            may override it) even when the model subsamples; pretraining still uses the
+            model's mini-batches.
         pretrain_optimizer: optax optimizer for pretraining (default
             :func:`default_pretrain_optimizer`: AdamW, lr 1e-2, weight decay 5e-3).
         pretrain_epochs: maximum pretraining epochs (an epoch is N // batch steps; for a model
@@ -587,7 +597,9 @@ class SMILEEnsemble:
         model = self._model
         if self.full_batch and self._plates:
             model = minibatch.full_data_model(self._model, self._plates)
-        self.kernel = SMILE(model, init_strategy=self.init_strategy, **self.kernel_kwargs)
+        # The papers' recipe: MILE's energy-variance schedule, unless kernel_kwargs says else.
+        kernel_kwargs = {"desired_energy_var": tuning.MILE_ENERGY_VAR, **self.kernel_kwargs}
+        self.kernel = SMILE(model, init_strategy=self.init_strategy, **kernel_kwargs)
         self._advance = None  # compiled for this kernel and these shapes
         self._kernel_num_warmup = self.num_warmup if num_warmup is None else num_warmup
         start = time.perf_counter()

@@ -17,7 +17,25 @@ numpyro.set_host_device_count(1)
 #: UCI data directory for tests that read real data (not copied into the project).
 DATA_DIR = Path(
     os.environ.get("SMILE_DATA_DIR", Path(__file__).parents[1] / ".." / "shared" / "data")
-)
+).resolve()
+
+
+def data_file(name: str) -> Path:
+    """``DATA_DIR / name``, or skip the calling test with a reason when the file is absent (a
+    fresh clone has no ``../shared/data``). With ``SMILE_REQUIRE_DATA=1`` (set by ``.ci/run``
+    when the folder exists) a missing file fails the test instead, so CI cannot skip silently.
+    """
+    path = DATA_DIR / name
+    if not path.is_file():
+        reason = (
+            f"real data file {name} not found in {DATA_DIR}; set SMILE_DATA_DIR to the folder "
+            "with the UCI files to run this test"
+        )
+        if os.environ.get("SMILE_REQUIRE_DATA", "") not in ("", "0"):
+            pytest.fail(f"{reason} (SMILE_REQUIRE_DATA is set)", pytrace=False)
+        pytest.skip(reason)
+    return path
+
 
 BLR_N, BLR_D = 10_000, 5
 BLR_NOISE_SD, BLR_PRIOR_SD = 1.0, 10.0

@@ -8,13 +8,13 @@ import pytest
 
 from benchmarks import uci
 
-from .conftest import DATA_DIR
+from .conftest import data_file
 
 
 @pytest.mark.slow
 def test_uci_harness_smoke(tmp_path):
     records = uci.main(
-        ["--data", str(DATA_DIR / "yacht.data"), "--budget", "tiny", "--out", str(tmp_path)]
+        ["--data", str(data_file("yacht.data")), "--budget", "tiny", "--out", str(tmp_path)]
     )
     assert [r["method"] for r in records] == list(uci.METHODS)
     saved = json.loads((tmp_path / "results.json").read_text())

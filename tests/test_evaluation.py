@@ -16,7 +16,7 @@ from numpyro_smile.datasets import load_table, split_standardize
 from numpyro_smile.evaluation import expected_calibration_error, lppd, predict
 from numpyro_smile.inference_data import map_draws
 
-from .conftest import DATA_DIR
+from .conftest import data_file
 
 
 def location_model(y=None, batch_size=None):
@@ -121,7 +121,7 @@ def test_map_draws_does_not_depend_on_the_chunk_size():
 
 
 def test_split_standardize_protocol():
-    X, y = load_table(DATA_DIR / "airfoil.data")
+    X, y = load_table(data_file("airfoil.data"))
     assert X.shape == (1503, 5) and y.shape == (1503,)
     split = split_standardize(X, y, seed=1)
     sizes = [len(part[1]) for part in split]

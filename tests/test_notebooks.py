@@ -21,15 +21,18 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
+from .conftest import DATA_DIR, data_file
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-DATA_DIR = Path(os.environ.get("SMILE_DATA_DIR", ROOT / ".." / "shared" / "data")).resolve()
 NOTEBOOKS = (
     "01_quickstart_logistic_regression.ipynb",
     "02_bnn_regression_uci.ipynb",
     "03_bnn_classification.ipynb",
     "04_sharded_ensemble.ipynb",
 )
+#: Real data files a notebook reads (from SMILE_DATA_DIR); without them its test skips.
+DATA_FILES = {"02_bnn_regression_uci.ipynb": ("airfoil.data",)}
 #: Seconds per cell before nbclient gives up (the tiny budget needs well under a minute).
 CELL_TIMEOUT = 300
 RESULTS_MARKER = "NOTEBOOK_RESULTS="
@@ -181,6 +184,8 @@ CHECKS = {
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name):
+    for file in DATA_FILES.get(name, ()):
+        data_file(file)
     nb, results = execute(name)
     assert results["budget"] == "tiny", results
     assert stderr_warnings(nb) == []

@@ -7,7 +7,6 @@ of resets in a single warning after the run.
 
 from __future__ import annotations
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,20 +77,33 @@ def test_funnel_with_a_huge_step_stays_finite_and_warns_once(dim, adapt):
 
 
 def test_banana_moments_with_default_tuning():
-    """Full-batch MCLMC with MILE tuning on a curved 2-D target: moments within Monte Carlo
-    error (tolerances from ArviZ's ESS), and no reset at all."""
-    init = {"x": jnp.array([[1.0, 9.0], [-1.0, 9.0], [3.0, 9.0], [-3.0, 9.0]])}
-    mcmc = warmup_then_run(SMILE(potential_fn=banana_potential), init, 2000, 4000, 4, seed=1)
+    """Full-batch MCLMC with the default tuning on a curved 2-D target: exact moments within
+    Monte Carlo error, and no reset at all.
+
+    The banana is a map of a standard normal: u = (x1 / 10, x2 + 0.1 x1^2 - 10) ~ N(0, I_2), so
+    the means and variances of u test the whole curved joint law (E[x2] = 10 (1 - E[u1^2])).
+    They are checked rather than x2's variance, whose estimate is ruled by rare tail visits
+    (x2 has kurtosis ~15) and whose Monte Carlo error cannot be estimated from short chains.
+    Each of 32 independent chains gives one estimate; their spread is the Monte Carlo error.
+
+    With MILE's energy-variance schedule (0.5 -> 0.1, the default before) the step size was
+    ~1.4 and Var[u1] came out 0.61-0.64 (z = -13 to -18): under-visited tails, a bias of the
+    tuning, not of the seed. The default target (5e-4) gives steps ~0.5 and |z| < 4 on 20 of
+    20 seeds, with the z-scores' sd near 1 (the error estimate is calibrated).
+    """
+    num_chains = 32
+    x1 = jnp.linspace(-3.0, 3.0, num_chains)
+    init = {"x": jnp.stack([x1, jnp.full(num_chains, 9.0)], axis=1)}
+    mcmc = warmup_then_run(
+        SMILE(potential_fn=banana_potential), init, 2000, 4000, num_chains, seed=1
+    )
     samples, _ = assert_finite_and_counted(mcmc)
     x = np.asarray(samples["x"], np.float64)  # (chain, draw, 2)
-    ess = az.ess(az.from_dict(posterior={"x": x}))["x"].values
-    sd = np.array([10.0, np.sqrt(201.0)])
-    mean_error = np.abs(x.mean((0, 1))) / (sd / np.sqrt(ess))
-    assert np.all(mean_error < 4), (x.mean((0, 1)), ess)
-    # Var estimate: relative Monte Carlo sd ~ sqrt(2 / ESS) for a Gaussian-ish marginal; the
-    # banana's x2 is skewed, so allow 5 of those (MILE's schedule also biases a few percent).
-    ratio = x.var((0, 1)) / sd**2
-    assert np.all(np.abs(ratio - 1) < 5 * np.sqrt(2 / ess) + 0.1), (ratio, ess)
+    u = np.stack([x[..., 0] / 10.0, x[..., 1] + 0.1 * x[..., 0] ** 2 - 10.0], axis=-1)
+    for name, per_chain, exact in (("mean", u.mean(1), 0.0), ("E[u^2]", (u**2).mean(1), 1.0)):
+        standard_error = per_chain.std(0, ddof=1) / np.sqrt(num_chains)
+        z = (per_chain.mean(0) - exact) / standard_error
+        assert np.all(np.abs(z) < 4), (name, per_chain.mean(0), z)
     assert check_resets(mcmc) is None
     assert int(np.sum(mcmc.last_state.num_resets)) == 0
 

@@ -19,13 +19,13 @@ from numpyro_smile import SMILEEnsemble
 from numpyro_smile.datasets import load_table, split_standardize
 from numpyro_smile.models import mlp_regression
 
-from .conftest import DATA_DIR
+from .conftest import data_file
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("full_batch", [False, True], ids=["smile", "mile"])
 def test_airfoil_lppd_beats_the_deep_ensemble(full_batch):
-    X, y = load_table(DATA_DIR / "airfoil.data")
+    X, y = load_table(data_file("airfoil.data"))
     split = split_standardize(X, y, seed=1)
     ensemble = SMILEEnsemble(
         partial(mlp_regression, hidden=(16, 16), batch_size=256),
