@@ -27,9 +27,10 @@ def data_file(name: str) -> Path:
     """
     path = DATA_DIR / name
     if not path.is_file():
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]  # names it in -rs
         reason = (
-            f"real data file {name} not found in {DATA_DIR}; set SMILE_DATA_DIR to the folder "
-            "with the UCI files to run this test"
+            f"{test}: real data file {name} not found in {DATA_DIR}; set SMILE_DATA_DIR to "
+            "the folder with the UCI files to run this test"
         )
         if os.environ.get("SMILE_REQUIRE_DATA", "") not in ("", "0"):
             pytest.fail(f"{reason} (SMILE_REQUIRE_DATA is set)", pytrace=False)
