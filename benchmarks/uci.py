@@ -20,7 +20,8 @@ Each record of ``DIR/results.json`` holds the test metrics (``test_lppd``, ``tes
 ``test_accuracy``, calibration), timings (``wall_s`` for the method's own run including
 compilation, ``compile_s``, ``pretrain_s`` of the shared deep ensemble, ``warmup_s``,
 ``sampling_s``), ``grad_evals`` (full-data-equivalent gradient evaluations of warmup and
-sampling, all members), ``resets``, final step sizes and the configuration. ``DIR/results.md``
+sampling, all members), ``resets``, ``peak_rss_mb`` (the method's peak resident set, MiB),
+final step sizes and the configuration. ``DIR/results.md``
 has the tables and the targets' verdicts; ``DIR/lppd_vs_time.png`` and
 ``DIR/lppd_vs_grad_evals.png`` the trade-offs. Run::
 
@@ -49,7 +50,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_smile import SMILEEnsemble, evaluate, inference_data, minibatch
+from numpyro_smile import SMILEEnsemble, evaluate, inference_data, memory, minibatch
 from numpyro_smile.datasets import load_table, split_standardize
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY
 from numpyro_smile.models import mlp_classification, mlp_regression
@@ -355,9 +356,13 @@ def _draws_to_idata(problem: Problem, xs, unravel) -> az.InferenceData | None:
 
 def run_problem(args: argparse.Namespace, seed: int) -> list[dict]:
     problem = Problem(args, seed)
+    # Each method's own peak resident set (Linux; elsewhere the process's peak so far).
+    memory.reset_peak_rss()
     de, de_params = run_de(problem)
+    de["peak_rss_mb"] = memory.peak_rss_bytes() / 2**20
     records = []
     for method in args.methods:
+        memory.reset_peak_rss()
         if method == "de":
             record = de
         elif method in ("psmile", "smile", "smile-naive", "mile"):
@@ -366,7 +371,12 @@ def run_problem(args: argparse.Namespace, seed: int) -> list[dict]:
             record = run_nuts(problem, de_params, de)
         else:
             record = run_sg(problem, method, de_params, de)
-        record = {**record, "total_s": record["wall_s"] + de["pretrain_s"], **problem.config()}
+        record = {
+            **record,
+            "total_s": record["wall_s"] + de["pretrain_s"],
+            "peak_rss_mb": record.get("peak_rss_mb", memory.peak_rss_bytes() / 2**20),
+            **problem.config(),
+        }
         records.append(_rounded(record))
         print(json.dumps(records[-1]), flush=True)
     return records

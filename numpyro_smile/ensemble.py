@@ -48,6 +48,7 @@ from numpyro_smile import (
     diagnostics,
     evaluation,
     inference_data,
+    memory,
     minibatch,
     pretrain,
     tuning,
@@ -104,11 +105,17 @@ class SMILEEnsemble:
         devices: devices to shard members over (default: all devices of the default backend).
             Members are split evenly over the largest number of them that divides K.
         progress_bar: show progress (default: only on a terminal, and never when ``$CI`` is set).
+        memory_budget: bytes one chunk of the replays (``log_likelihood``,
+            ``posterior_predictive``, :meth:`evaluate`) may hold at its peak, the network's
+            activations on all data points included (default 256 MiB,
+            :data:`numpyro_smile.memory.DEFAULT_REPLAY_BUDGET`).
 
     After :meth:`run`: ``last_state`` (the chains' :class:`~numpyro_smile.SMILEState`),
     ``pretrained_params`` (the members' unconstrained starting points, e.g. for
-    ``MCMC(NUTS(model)).run(..., init_params=...)``), ``kernel`` and ``timings`` (seconds per
-    phase; compilation counted separately).
+    ``MCMC(NUTS(model)).run(..., init_params=...)``), ``kernel``, ``timings`` (seconds per
+    phase; compilation counted separately) and ``memory`` (bytes: ``peak_rss_bytes`` of the
+    process, ``device_peak_bytes`` where the backend reports it, ``budget_bytes`` and, per
+    replay, its chunking and estimated ``chunk_peak_bytes``).
 
     Checkpoints: :meth:`save_state` writes the chains' full state to one file;
     ``run(..., resume_from=path)`` continues them (without pretraining or the warmup already
@@ -144,6 +151,7 @@ class SMILEEnsemble:
         draws_per_chunk: int | None = None,
         devices: Sequence[jax.Device] | None = None,
         progress_bar: bool | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be a NumPyro model (a callable), got {model!r}.")
@@ -167,6 +175,7 @@ class SMILEEnsemble:
             _check_int("draws_per_chunk", draws_per_chunk, 1)
         if not isinstance(log_likelihood, bool):
             _check_int("log_likelihood (a subset size)", log_likelihood, 1)
+        memory.check_budget(memory_budget)
         kernel_kwargs = dict(kernel_kwargs or {})
         reserved = {"model", "potential_fn", "data_size", "subsample_size"} & set(kernel_kwargs)
         if reserved:
@@ -191,6 +200,8 @@ class SMILEEnsemble:
         self.draws_per_chunk = draws_per_chunk
         self.devices = list(devices) if devices is not None else None
         self.progress_bar = progress_bar
+        self.memory_budget = memory_budget
+        self.memory: dict[str, Any] = {}
         self.kernel: SMILE | None = None
         self.last_state: SMILEState | None = None
         self.timings: dict[str, float] = {}
@@ -322,6 +333,7 @@ class SMILEEnsemble:
         self, model_args, model_kwargs, draws, stats, key_post, attrs, start
     ) -> az.InferenceData:
         post_start = time.perf_counter()
+        replays: dict = {}
         idata = inference_data.to_inference_data(
             self._model,
             model_args,
@@ -335,7 +347,15 @@ class SMILEEnsemble:
             log_likelihood=self.log_likelihood,
             posterior_predictive=self.posterior_predictive,
             attrs=attrs,
+            memory_budget=self.memory_budget,
+            memory_stats=replays,
         )
+        self.memory = {
+            "peak_rss_bytes": memory.peak_rss_bytes(),
+            "device_peak_bytes": memory.device_peak_bytes(),
+            "budget_bytes": memory.check_budget(self.memory_budget),
+            **replays,
+        }
         self.timings["postprocess_s"] = time.perf_counter() - post_start
         self.timings["total_s"] = time.perf_counter() - start
         for name, seconds in self.timings.items():
@@ -472,6 +492,7 @@ class SMILEEnsemble:
         """Predictive metrics of ``idata[group]`` on held-out data: see
         :func:`numpyro_smile.evaluation.evaluate` (``group="pretrained"``: the deep ensemble).
         """
+        kwargs.setdefault("memory_budget", self.memory_budget)
         return evaluation.evaluate(self._model, idata, *model_args, group=group, **kwargs)
 
     # ------------------------------------------------------------------ phases

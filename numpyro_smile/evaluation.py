@@ -60,6 +60,7 @@ def evaluate(
     site: str | None = None,
     coverage_levels: Sequence[float] = (0.5, 0.8, 0.9, 0.95),
     num_bins: int = 10,
+    memory_budget: int | None = None,
     **model_kwargs: Any,
 ) -> dict[str, float]:
     """Test metrics of the draws in ``idata[group]`` on held-out data.
@@ -73,13 +74,18 @@ def evaluate(
         site: the observed site to score (default: the model's only observed site).
         coverage_levels: central predictive-interval levels for regression coverage.
         num_bins: confidence bins of the expected calibration error (classification).
+        memory_budget: bytes one chunk of the replay may hold at its peak, the network's
+            activations on all held-out points included (default 256 MiB; see
+            :func:`numpyro_smile.inference_data.map_draws`).
 
     Returns:
         ``{"lppd", "num_draws"}`` plus, for a continuous likelihood, ``"rmse"``,
         ``"coverage_<level%>"`` and ``"calibration_error"``; for a likelihood with class
         probabilities (categorical, Bernoulli), ``"accuracy"`` and ``"ece"``.
     """
-    pointwise = _pointwise(model, idata, model_args, model_kwargs, group, site, replicate=False)
+    pointwise = _pointwise(
+        model, idata, model_args, model_kwargs, group, site, False, memory_budget=memory_budget
+    )
     result, labels = pointwise.result, pointwise.labels
     num_draws = int(np.prod(result["log_likelihood"].shape[:2]))
     metrics = {"lppd": lppd(result["log_likelihood"]), "num_draws": num_draws}
@@ -109,6 +115,7 @@ def predict(
     site: str | None = None,
     quantiles: Sequence[float] = (),
     rng_key: jax.Array | None = None,
+    memory_budget: int | None = None,
     **model_kwargs: Any,
 ) -> dict[str, np.ndarray]:
     """Pointwise posterior-predictive summaries of ``idata[group]`` on new inputs.
@@ -126,6 +133,8 @@ def predict(
             likelihoods), estimated from one replicate of ``site`` per draw, e.g.
             ``(0.05, 0.5, 0.95)`` for a 90 percent band and the median.
         rng_key: key of the replicates (default ``jax.random.key(0)``).
+        memory_budget: bytes one chunk of the replay may hold at its peak, as in
+            :func:`evaluate`.
 
     Returns:
         For a likelihood with class probabilities: ``"probs"``, ``(n, C)`` mean predicted
@@ -138,7 +147,15 @@ def predict(
         raise ValueError(f"quantiles must lie in (0, 1), got {tuple(quantiles)}.")
     replicate = bool(quantiles)
     pointwise = _pointwise(
-        model, idata, model_args, model_kwargs, group, site, replicate=replicate, key=rng_key
+        model,
+        idata,
+        model_args,
+        model_kwargs,
+        group,
+        site,
+        replicate,
+        key=rng_key,
+        memory_budget=memory_budget,
     )
     result = pointwise.result
     out = {}
@@ -164,7 +181,7 @@ class _Pointwise(NamedTuple):
 
 
 def _pointwise(
-    model, idata, model_args, model_kwargs, group, site, replicate, key=None
+    model, idata, model_args, model_kwargs, group, site, replicate, key=None, memory_budget=None
 ) -> _Pointwise:
     """Replay every draw of ``idata[group]`` on the data and collect what the metrics need."""
     if group not in idata.groups():
@@ -226,7 +243,7 @@ def _pointwise(
         return out
 
     key = jax.random.key(0) if key is None else key
-    result = inference_data.map_draws(per_draw, draws, key, *arrays)
+    result = inference_data.map_draws(per_draw, draws, key, *arrays, memory_budget=memory_budget)
     return _Pointwise(result, labels, classification, has_observations)
 
 

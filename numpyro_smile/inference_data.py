@@ -3,11 +3,12 @@
 Draws come from mini-batch chains, but LOO, WAIC and predictive checks need every data point:
 the log-likelihood and posterior-predictive groups are computed here by replaying the model's
 full-data view (every subsample plate sees all N points) at each draw. That is K x S x N
-numbers, so it runs in chunks of draws sized to a memory budget (``CHUNK_ELEMENTS``), each
-chunk one call of a function compiled once, copied to host memory before the next: the
-device never holds a members x draws x N array. For very large N, ``log_likelihood=m`` uses a
-fixed random subset of m points instead (recorded as the coordinate values), and
-``log_likelihood=False`` skips it.
+numbers, and each of them needs the network's activations on its data point, so it runs in
+chunks of draws whose peak memory, activations included, fits a budget (``memory_budget``,
+:mod:`numpyro_smile.memory`), each chunk one call of a function compiled once, copied to host
+memory before the next: the device never holds a members x draws x N array. For very large
+N, ``log_likelihood=m`` uses a fixed random subset of m points instead (recorded as the
+coordinate values), and ``log_likelihood=False`` skips it.
 
 All of ArviZ lives in this module (NUMPYRO_NOTES.md section 0: ArviZ 1.x replaces
 ``InferenceData``; a DataTree path would be added here).
@@ -28,10 +29,11 @@ from numpyro import handlers
 from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, biject_to
 from numpyro.infer.util import constrain_fn
 
-from numpyro_smile import minibatch
+from numpyro_smile import memory, minibatch
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "ReplayMemoryWarning",
     "constrain_draws",
     "identity_sites",
     "map_draws",
@@ -42,7 +44,8 @@ __all__ = [
     "trace_model",
 ]
 
-#: Elements (float32: 4 bytes each) of output per chunk of draws: 2**24 is 64 MiB.
+#: Elements (float32: 4 bytes each) of draws per chunk of the sampling loop: 2**24 is 64 MiB.
+#: (Replays size their chunks by their peak memory instead: ``map_draws``.)
 CHUNK_ELEMENTS = 2**24
 
 
@@ -56,9 +59,8 @@ def trace_model(
     return handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
 
 
-def _per_draw_elements(fn: Callable, draw: dict, *extra) -> int:
-    shapes = jax.eval_shape(fn, draw, jax.random.key(0), *extra)
-    return max(1, sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)))
+class ReplayMemoryWarning(UserWarning):
+    """One draw's replay needs more memory than the budget allows (it runs anyway)."""
 
 
 def map_draws(
@@ -67,6 +69,8 @@ def map_draws(
     rng_key: jax.Array,
     *extra: Any,
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    stats: dict | None = None,
 ) -> dict:
     """Apply ``fn(draw, key, *extra) -> pytree`` to every draw, in chunks, onto host memory.
 
@@ -76,40 +80,81 @@ def map_draws(
         rng_key: base key; draw (k, s) gets ``fold_in(fold_in(rng_key, k), s)``, so results do
             not depend on the chunk size.
         extra: arrays passed to every call (e.g. the data), as jit arguments.
-        chunk_size: draws per chunk (default: as many as fit ``CHUNK_ELEMENTS``). The last
-            chunk is padded, so ``fn`` is compiled exactly once.
+        chunk_size: (member, draw) pairs per chunk. Default: as many as fit ``memory_budget``
+            at the chunk's peak, intermediate activations included
+            (:func:`numpyro_smile.memory.peak_live_bytes`). The last chunk is padded, so ``fn``
+            is compiled exactly once.
+        memory_budget: bytes one chunk may hold at its peak (default
+            :data:`numpyro_smile.memory.DEFAULT_REPLAY_BUDGET`, 256 MiB). When a single draw
+            needs more, chunks hold one draw and a :class:`ReplayMemoryWarning` says so.
+        stats: a dict to receive ``chunk_size``, ``num_chunks`` and ``chunk_peak_bytes`` (the
+            estimated peak of one chunk).
 
     Returns:
         ``fn``'s output tree with leading ``(K, S)``, as NumPy arrays.
     """
+    budget = memory.check_budget(memory_budget)
     num_members, num_draws = jax.tree.leaves(draws)[0].shape[:2]
-    one = jax.tree.map(lambda a: jnp.asarray(a[0, 0]), draws)
-    if chunk_size is None:
-        per_draw = num_members * _per_draw_elements(fn, one, *extra)
-        chunk_size = max(1, min(num_draws, CHUNK_ELEMENTS // per_draw))
-    chunk_size = min(chunk_size, num_draws)
+    total = num_members * num_draws
+    # (member, draw) pairs in one flat axis: a chunk may hold fewer draws than members.
+    flat = jax.tree.map(lambda a: a.reshape(total, *a.shape[2:]), draws)
 
-    @jax.jit
-    def run_chunk(chunk, draw_ids, key, *extra):
+    def run_chunk(chunk, members, draw_ids, key, *extra):
         def per_draw(draw, member, draw_id):
             return fn(draw, jax.random.fold_in(jax.random.fold_in(key, member), draw_id), *extra)
 
-        over_draws = jax.vmap(per_draw, in_axes=(0, None, 0))
-        return jax.vmap(over_draws, in_axes=(0, 0, None))(chunk, jnp.arange(num_members), draw_ids)
+        return jax.vmap(per_draw)(chunk, members, draw_ids)
 
-    out = None
-    for start in range(0, num_draws, chunk_size):
-        size = min(chunk_size, num_draws - start)
-        ids = np.minimum(np.arange(start, start + chunk_size), num_draws - 1)
-        chunk = jax.tree.map(lambda a, ids=ids: a[:, ids], draws)
-        result = jax.device_get(run_chunk(chunk, jnp.asarray(ids), rng_key, *extra))
-        if out is None:
-            out = jax.tree.map(
-                lambda a: np.empty((num_members, num_draws, *a.shape[2:]), a.dtype), result
+    def chunk_peak(size: int) -> int:
+        chunk = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *a.shape[1:]), a.dtype), flat)
+        ids = jax.ShapeDtypeStruct((size,), jnp.int32)
+        return memory.peak_live_bytes(run_chunk, chunk, ids, ids, rng_key, *extra)
+
+    if chunk_size is None:
+        one, two = chunk_peak(1), chunk_peak(2)
+        per_draw, fixed = max(1, two - one), max(0, 2 * one - two)
+        # 10 percent headroom for what the estimate cannot see (allocator rounding, runtime
+        # scratch): measured on a CNN replay, 62 MiB resident for a 60 MiB estimate.
+        chunk_size = max(1, (int(memory.HEADROOM * budget) - fixed) // per_draw)
+        if one > budget:
+            warnings.warn(
+                f"Replaying one draw on all data points needs about {one / 2**20:.0f} MiB "
+                f"(intermediate activations included), more than the memory budget of "
+                f"{budget / 2**20:.0f} MiB; it runs one draw at a time. Raise memory_budget, "
+                "or use fewer data points per call (log_likelihood=m, or evaluate/predict on "
+                "parts of the test set).",
+                ReplayMemoryWarning,
+                stacklevel=2,
             )
+    chunk_size = int(min(chunk_size, total))
+    if stats is not None:
+        stats.update(
+            chunk_size=chunk_size,
+            num_chunks=-(-total // chunk_size),
+            chunk_peak_bytes=chunk_peak(chunk_size),
+        )
+
+    compiled = jax.jit(run_chunk)
+    out = None
+    for start in range(0, total, chunk_size):
+        size = min(chunk_size, total - start)
+        ids = np.minimum(np.arange(start, start + chunk_size), total - 1)
+        chunk = jax.tree.map(lambda a, ids=ids: a[ids], flat)
+        members, draw_ids = np.divmod(ids, num_draws)
+        result = jax.device_get(
+            compiled(
+                chunk,
+                jnp.asarray(members, jnp.int32),
+                jnp.asarray(draw_ids, jnp.int32),
+                rng_key,
+                *extra,
+            )
+        )
+        if out is None:
+            out = jax.tree.map(lambda a: np.empty((total, *a.shape[1:]), a.dtype), result)
         for dest, src in zip(jax.tree.leaves(out), jax.tree.leaves(result)):
-            dest[:, start : start + size] = src[:, :size]
-    return out
+            dest[start : start + size] = src[:size]
+    return jax.tree.map(lambda a: a.reshape(num_members, num_draws, *a.shape[1:]), out)
 
 
 def observations_fn(
@@ -267,6 +312,8 @@ def to_inference_data(
     log_likelihood: bool | int = True,
     posterior_predictive: bool = False,
     attrs: dict | None = None,
+    memory_budget: int | None = None,
+    memory_stats: dict | None = None,
 ) -> az.InferenceData:
     """Assemble the ensemble's ``InferenceData``.
 
@@ -281,6 +328,10 @@ def to_inference_data(
         log_likelihood: True (all N points), an int m (a fixed random subset of m points per
             subsample plate), or False (skip).
         posterior_predictive: also draw one replicate of the observed sites per draw.
+        memory_budget: bytes one chunk of a replay may hold at its peak (see
+            :func:`map_draws`).
+        memory_stats: a dict to receive the replays' chunking: ``{"constrain": {...},
+            "observations": {...}}``, each as :func:`map_draws`'s ``stats``.
 
     Groups: ``posterior`` (chain = member), ``sample_stats``, ``log_likelihood``,
     ``posterior_predictive``, ``observed_data``, ``pretrained`` (the pretrained points as one
@@ -300,7 +351,12 @@ def to_inference_data(
         return constrain_draws(model, args, kwargs, subsample_plates, constrained_names)(z, key)
 
     def constrain_all(draws):
-        values = map_draws(constrain, draws, rng_key, *arrays) if constrained_names else {}
+        values = {}
+        if constrained_names:
+            stats = {} if memory_stats is None else memory_stats.setdefault("constrain", {})
+            values = map_draws(
+                constrain, draws, rng_key, *arrays, memory_budget=memory_budget, stats=stats
+            )
         return {
             name: np.asarray(draws[name]) if name in unchanged else values[name]
             for name in sorted(names)
@@ -330,7 +386,10 @@ def to_inference_data(
             args, kwargs = bind(arrays)
             return observations_fn(view, args, kwargs, posterior_predictive)(params, key)
 
-        replayed = map_draws(observations, posterior, key_ll, *arrays)
+        stats = {} if memory_stats is None else memory_stats.setdefault("observations", {})
+        replayed = map_draws(
+            observations, posterior, key_ll, *arrays, memory_budget=memory_budget, stats=stats
+        )
         if log_likelihood is not False:
             groups["log_likelihood"] = replayed["log_likelihood"]
         if posterior_predictive:

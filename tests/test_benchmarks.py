@@ -21,7 +21,7 @@ def test_uci_harness_smoke(tmp_path):
     assert saved == records
     required = {
         "method", "test_lppd", "test_rmse", "wall_s", "compile_s", "pretrain_s", "warmup_s",
-        "sampling_s", "grad_evals", "resets", "data", "seed", "batch_size",
+        "sampling_s", "grad_evals", "resets", "data", "seed", "batch_size", "peak_rss_mb",
     }  # fmt: skip
     for record in records:
         assert required <= set(record), required - set(record)

@@ -1,0 +1,196 @@
+"""Replays of networks with large activations stay within their memory budget.
+
+A convolutional network and a self-attention layer hold far more memory in their intermediate
+activations (per data point and draw) than in their outputs. The replays (``evaluate``,
+``log_likelihood``) size their chunks of draws by the peak of the traced program
+(``numpyro_smile.memory.peak_live_bytes``); here the real peak of every chunk is measured
+as the growth of the process's peak resident set (on CPU the device memory is the process's)
+while the chunk runs, after the first chunk (which includes compilation).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+from numpyro_smile import evaluate, inference_data, memory
+from numpyro_smile.inference_data import ReplayMemoryWarning, map_draws
+
+BUDGET = 64 * 2**20
+K, S = 2, 16  # members x draws: 32 replays of the whole data set
+N = 512
+
+
+def cnn_classifier(X, y=None, batch_size=None):
+    """Two 3x3 convolutions (8 and 16 channels, GELU), 2x2 average pooling, dense to 10
+    classes: ~6,000 floats of activations per 8x8 image against 10 logits."""
+    w1 = numpyro.sample("w1", dist.Normal(0, 1 / 3).expand([3, 3, 1, 8]).to_event(4))
+    w2 = numpyro.sample("w2", dist.Normal(0, 1 / 8).expand([3, 3, 8, 16]).to_event(4))
+    w3 = numpyro.sample("w3", dist.Normal(0, 1 / 16).expand([4 * 4 * 16, 10]).to_event(2))
+    conv = partial(
+        jax.lax.conv_general_dilated,
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    with numpyro.plate("data", X.shape[0], subsample_size=batch_size):
+        x = numpyro.subsample(X, event_dim=3)
+        h = jax.nn.gelu(conv(x, w1))
+        h = jax.nn.gelu(conv(h, w2))
+        h = h.reshape(h.shape[0], 4, 2, 4, 2, 16).mean((2, 4)).reshape(h.shape[0], -1)
+        target = None if y is None else numpyro.subsample(y, event_dim=0)
+        numpyro.sample("y", dist.Categorical(logits=h @ w3), obs=target)
+
+
+def attention_regressor(X, y=None, batch_size=None):
+    """One causal self-attention layer over sequences of 64 steps of 16 features, mean-pooled
+    to a scalar: a 64 x 64 attention matrix per sequence against one output."""
+    d = X.shape[-1]
+    wq, wk, wv = (
+        numpyro.sample(name, dist.Normal(0, d**-0.5).expand([d, d]).to_event(2))
+        for name in ("wq", "wk", "wv")
+    )
+    wo = numpyro.sample("wo", dist.Normal(0, d**-0.5).expand([d]).to_event(1))
+    steps = X.shape[1]
+    causal = jnp.tril(jnp.ones((steps, steps), bool))
+    with numpyro.plate("data", X.shape[0], subsample_size=batch_size):
+        x = numpyro.subsample(X, event_dim=2)
+        scores = jnp.einsum("ntd,nsd->nts", x @ wq, x @ wk) / jnp.sqrt(d)
+        weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+        out = jnp.einsum("nts,nsd->ntd", weights, x @ wv).mean(1) @ wo
+        target = None if y is None else numpyro.subsample(y, event_dim=0)
+        numpyro.sample("y", dist.Normal(out, 1.0), obs=target)
+
+
+def _problem(name: str):
+    rng = np.random.default_rng(0)
+    if name == "cnn":
+        X = rng.normal(size=(N, 8, 8, 1)).astype(np.float32)
+        y = rng.integers(0, 10, size=N).astype(np.int32)
+        shapes = {"w1": (3, 3, 1, 8), "w2": (3, 3, 8, 16), "w3": (256, 10)}
+        return cnn_classifier, X, y, shapes
+    X = rng.normal(size=(N, 64, 16)).astype(np.float32)
+    y = rng.normal(size=N).astype(np.float32)
+    shapes = {"wq": (16, 16), "wk": (16, 16), "wv": (16, 16), "wo": (16,)}
+    return attention_regressor, X, y, shapes
+
+
+def _posterior(shapes: dict) -> az.InferenceData:
+    rng = np.random.default_rng(1)
+    draws = {
+        name: (0.3 * rng.normal(size=(K, S, *shape))).astype(np.float32)
+        for name, shape in shapes.items()
+    }
+    return az.from_dict(posterior=draws)
+
+
+def _kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux)
+
+
+@pytest.mark.parametrize("name", ["cnn", "attention"])
+def test_replay_peak_stays_within_the_budget(name, monkeypatch):
+    model, X, y, shapes = _problem(name)
+    idata = _posterior(shapes)
+    try:
+        _reset_peak()
+    except OSError as error:  # a measurement we cannot make must fail, never skip silently
+        pytest.fail(f"cannot reset the peak resident set on this system: {error}")
+
+    growth = []  # peak resident growth while each chunk runs and is copied out, in bytes
+    original = jax.device_get
+
+    def measured_device_get(tree):
+        out = original(tree)  # waits for the chunk's computation
+        growth.append((_kib("VmHWM") - measured_device_get.base) * 1024)
+        _reset_peak()
+        measured_device_get.base = _kib("VmRSS")
+        return out
+
+    stats = {}
+    original_map_draws = inference_data.map_draws
+
+    def map_draws_with_stats(*args, **kwargs):
+        return original_map_draws(*args, **kwargs, stats=stats)
+
+    monkeypatch.setattr(inference_data, "map_draws", map_draws_with_stats)
+    monkeypatch.setattr(jax, "device_get", measured_device_get)
+    _reset_peak()
+    measured_device_get.base = _kib("VmRSS")
+    metrics = evaluate(model, idata, X, y, memory_budget=BUDGET)
+    monkeypatch.undo()
+
+    assert np.isfinite(metrics["lppd"]) and metrics["num_draws"] == K * S
+    # The estimate is what the chunks were sized by; the old sizing (by output elements)
+    # would have put all K x S replays in one call.
+    assert stats["chunk_peak_bytes"] <= memory.HEADROOM * BUDGET, stats
+    assert 1 < stats["chunk_size"] < K * S and stats["num_chunks"] == len(growth), stats
+    unchunked = memory.peak_live_bytes(
+        lambda z: jax.vmap(lambda w: jax.nn.logsumexp(_replay_log_lik(model, w, X, y)))(z),
+        {k: jax.ShapeDtypeStruct((K * S, *v), jnp.float32) for k, v in shapes.items()},
+    )
+    assert unchunked > 2 * BUDGET, unchunked  # the test's network really needs chunking
+    # Measured: every chunk after the first (which compiles) stays within the budget.
+    executed = max(growth[1:])
+    print(
+        f"\n{name}: {stats['num_chunks']} chunks of {stats['chunk_size']} draws, estimated "
+        f"chunk peak {stats['chunk_peak_bytes'] / 2**20:.1f} MiB, measured "
+        f"{executed / 2**20:.1f} MiB; all {K * S} draws at once: {unchunked / 2**20:.0f} MiB"
+    )
+    assert executed <= BUDGET, (executed, stats)
+
+
+def _replay_log_lik(model, params, X, y):
+    trace = inference_data.trace_model(model, params, (X, y), {})
+    return trace["y"]["fn"].log_prob(trace["y"]["value"])
+
+
+def test_budget_is_validated_and_an_oversized_draw_warns():
+    draws = {"x": jnp.ones((1, 3, 4))}
+
+    def fn(draw, key, data):
+        return {"y": jnp.sum(jnp.tanh(data[:, None] * draw["x"][None, :]), -1)}
+
+    with pytest.raises(TypeError, match="number of bytes"):
+        map_draws(fn, draws, jax.random.key(0), jnp.ones(8), memory_budget=1.5e8)
+    with pytest.raises(ValueError, match="at least 1 MiB"):
+        map_draws(fn, draws, jax.random.key(0), jnp.ones(8), memory_budget=1000)
+    data = jnp.ones(2**19)  # one draw: a (2**19, 4) intermediate, 8 MiB, over a 1 MiB budget
+    with pytest.warns(ReplayMemoryWarning, match="one draw at a time"):
+        stats = {}
+        out = map_draws(fn, draws, jax.random.key(0), data, memory_budget=2**20, stats=stats)
+    assert stats["chunk_size"] == 1 and out["y"].shape == (1, 3, 2**19)
+
+
+def test_peak_live_bytes_counts_intermediates_not_outputs():
+    def two_layers(w1, w2, x):
+        return jnp.sum(jnp.tanh(jnp.tanh(x @ w1) @ w2), -1)  # output (n,), hidden (n, 1000)
+
+    spec = jax.ShapeDtypeStruct
+    inputs = 4 * (10 * 1000 + 1000 * 1000)
+    for n in (10, 1000):
+        peak = memory.peak_live_bytes(
+            two_layers,
+            spec((10, 1000), jnp.float32),
+            spec((1000, 1000), jnp.float32),
+            spec((n, 10), jnp.float32),
+        )
+        hidden = 4 * n * 1000
+        # inputs, plus at least two (n, 1000) values alive at once (a layer's input and
+        # output), at most the four made by the two layers
+        assert inputs + 4 * n * 10 + 2 * hidden <= peak <= inputs + 4 * n * 10 + 4 * hidden + 4 * n
