@@ -111,11 +111,13 @@ def map_draws(
         return memory.peak_live_bytes(run_chunk, chunk, ids, ids, rng_key, *extra)
 
     if chunk_size is None:
+        # A vmapped program's peak grows linearly with the draws: fixed + per_draw * chunk.
         one, two = chunk_peak(1), chunk_peak(2)
         per_draw, fixed = max(1, two - one), max(0, 2 * one - two)
-        # 10 percent headroom for what the estimate cannot see (allocator rounding, runtime
-        # scratch): measured on a CNN replay, 62 MiB resident for a 60 MiB estimate.
+        # Headroom for what the estimate cannot see (allocator rounding, runtime scratch).
         chunk_size = max(1, (int(memory.HEADROOM * budget) - fixed) // per_draw)
+        chunk_size = int(min(chunk_size, total))
+        estimate = fixed + per_draw * chunk_size
         if one > budget:
             warnings.warn(
                 f"Replaying one draw on all data points needs about {one / 2**20:.0f} MiB "
@@ -126,12 +128,12 @@ def map_draws(
                 ReplayMemoryWarning,
                 stacklevel=2,
             )
-    chunk_size = int(min(chunk_size, total))
+    else:
+        chunk_size = int(min(chunk_size, total))
+        estimate = chunk_peak(chunk_size) if stats is not None else None
     if stats is not None:
         stats.update(
-            chunk_size=chunk_size,
-            num_chunks=-(-total // chunk_size),
-            chunk_peak_bytes=chunk_peak(chunk_size),
+            chunk_size=chunk_size, num_chunks=-(-total // chunk_size), chunk_peak_bytes=estimate
         )
 
     compiled = jax.jit(run_chunk)

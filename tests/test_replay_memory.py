@@ -1,6 +1,7 @@
 """Replays of networks with large activations stay within their memory budget.
 
-A convolutional network and a self-attention layer hold far more memory in their intermediate
+A convolutional network (the digits CNN of ``benchmarks/cnn_memory.py``) and a self-attention
+layer hold far more memory in their intermediate
 activations (per data point and draw) than in their outputs. The replays (``evaluate``,
 ``log_likelihood``) size their chunks of draws by the peak of the traced program
 (``numpyro_smile.memory.peak_live_bytes``); here the real peak of every chunk is measured
@@ -10,7 +11,6 @@ while the chunk runs, after the first chunk (which includes compilation).
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import arviz as az
@@ -21,33 +21,13 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
+from benchmarks.cnn_memory import cnn
 from numpyro_smile import evaluate, inference_data, memory
 from numpyro_smile.inference_data import ReplayMemoryWarning, map_draws
 
 BUDGET = 64 * 2**20
 K, S = 2, 16  # members x draws: 32 replays of the whole data set
 N = 512
-
-
-def cnn_classifier(X, y=None, batch_size=None):
-    """Two 3x3 convolutions (8 and 16 channels, GELU), 2x2 average pooling, dense to 10
-    classes: ~6,000 floats of activations per 8x8 image against 10 logits."""
-    w1 = numpyro.sample("w1", dist.Normal(0, 1 / 3).expand([3, 3, 1, 8]).to_event(4))
-    w2 = numpyro.sample("w2", dist.Normal(0, 1 / 8).expand([3, 3, 8, 16]).to_event(4))
-    w3 = numpyro.sample("w3", dist.Normal(0, 1 / 16).expand([4 * 4 * 16, 10]).to_event(2))
-    conv = partial(
-        jax.lax.conv_general_dilated,
-        window_strides=(1, 1),
-        padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-    with numpyro.plate("data", X.shape[0], subsample_size=batch_size):
-        x = numpyro.subsample(X, event_dim=3)
-        h = jax.nn.gelu(conv(x, w1))
-        h = jax.nn.gelu(conv(h, w2))
-        h = h.reshape(h.shape[0], 4, 2, 4, 2, 16).mean((2, 4)).reshape(h.shape[0], -1)
-        target = None if y is None else numpyro.subsample(y, event_dim=0)
-        numpyro.sample("y", dist.Categorical(logits=h @ w3), obs=target)
 
 
 def attention_regressor(X, y=None, batch_size=None):
@@ -72,11 +52,15 @@ def attention_regressor(X, y=None, batch_size=None):
 
 def _problem(name: str):
     rng = np.random.default_rng(0)
-    if name == "cnn":
+    if name == "cnn":  # the digits CNN of benchmarks/cnn_memory.py: ~6,000 floats of
+        # activations per 8x8 image against 10 logits
         X = rng.normal(size=(N, 8, 8, 1)).astype(np.float32)
         y = rng.integers(0, 10, size=N).astype(np.int32)
-        shapes = {"w1": (3, 3, 1, 8), "w2": (3, 3, 8, 16), "w3": (256, 10)}
-        return cnn_classifier, X, y, shapes
+        shapes = {
+            "w1": (3, 3, 1, 8), "b1": (8,), "w2": (3, 3, 8, 16), "b2": (16,),
+            "w3": (256, 32), "b3": (32,), "w4": (32, 10), "b4": (10,),
+        }  # fmt: skip
+        return cnn, X, y, shapes
     X = rng.normal(size=(N, 64, 16)).astype(np.float32)
     y = rng.normal(size=N).astype(np.float32)
     shapes = {"wq": (16, 16), "wk": (16, 16), "wv": (16, 16), "wo": (16,)}
