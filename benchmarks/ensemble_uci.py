@@ -1,13 +1,13 @@
 """SMILEEnsemble on a UCI file: deep ensemble vs SMILE (mini-batch) vs MILE (full batch).
 
-The papers' protocol (ALGORITHM.md 4.5): standardise, shuffle with the seed, split 70/10/20;
+The MILE and SMILE papers' UCI protocol: standardise, shuffle with the seed, split 70/10/20;
 an MLP with N(0, 1) priors (regression: learned noise scale; classification: categorical).
 For each seed, one ``SMILEEnsemble`` run per mode from the same key, so both modes start from
 the same pretrained members, whose pooled prediction is the deep ensemble (DE) row. Reports
 test LPPD, RMSE or accuracy, calibration, and wall time (compilation included), and the LPPD
 gain over the DE (the acceptance target of the ensemble issue is >= +0.3). Run::
 
-    python -m benchmarks.ensemble_uci --data ../shared/data/airfoil.data \\
+    python -m benchmarks.ensemble_uci --data $SMILE_DATA_DIR/airfoil.data \\
         [--members 4] [--warmup 5000] [--samples 10000] [--thinning 10] [--seeds 1 2 3] \\
         [--classification] [--out outputs/ensemble_uci.json]
 """

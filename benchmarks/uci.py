@@ -1,10 +1,10 @@
 """UCI benchmark suite: SMILE vs MILE, NUTS, SGLD, SGHMC and deep ensembles, side by side.
 
-Protocol (ALGORITHM.md 4.5 and 5.8): standardise, shuffle with the seed, split 70/10/20; an
-MLP (``--hidden``, default 16-16) with N(0, 1) priors; regression (Gaussian likelihood with a
-learned noise scale) or classification (categorical; chosen automatically for integer targets).
-For each seed, one deep ensemble (``de``: ``SMILEEnsemble``'s pretraining, AdamW with early
-stopping) is trained and **every sampler starts from its K members**:
+Protocol of the MILE and SMILE papers' UCI experiments: standardise, shuffle with the seed,
+split 70/10/20; an MLP (``--hidden``, default 16-16) with N(0, 1) priors; regression (Gaussian
+likelihood with a learned noise scale) or classification (categorical; chosen automatically
+for integer targets). For each seed, one deep ensemble (``de``: ``SMILEEnsemble``'s
+pretraining, AdamW with early stopping) is trained and **every sampler starts from its K members**:
 
 * ``psmile``, ``smile``, ``smile-naive``: our kernel in mini-batch mode (B = ``--batch-size``,
   at most a quarter of the training set): with the gradient-noise preconditioner, without it,
@@ -25,7 +25,7 @@ final step sizes and the configuration. ``DIR/results.md``
 has the tables and the targets' verdicts; ``DIR/lppd_vs_time.png`` and
 ``DIR/lppd_vs_grad_evals.png`` the trade-offs. Run::
 
-    python -m benchmarks.uci --data ../shared/data/airfoil.data --budget small --out DIR \\
+    python -m benchmarks.uci --data $SMILE_DATA_DIR/airfoil.data --budget small --out DIR \\
         [--methods psmile mile nuts ...] [--seeds 1 2 3]
 
 ``--budget small`` runs every method on one UCI file in about ten minutes on 2 CPU cores;

@@ -1,4 +1,4 @@
-"""UCI-style tables and the papers' data protocol (ALGORITHM.md 4.5).
+"""UCI-style tables and the data protocol of the MILE and SMILE papers' UCI experiments.
 
 A table is whitespace-separated numbers, one row per example, the target in the last column.
 The protocol standardises the columns with the whole table's mean and standard deviation

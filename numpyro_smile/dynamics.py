@@ -4,7 +4,7 @@ This module is the mathematical core of MCLMC and SG-MCLMC. Everything here is a
 function of flat ``(d,)`` arrays; no NumPyro, no tuning. The kernel ravels the model's
 unconstrained parameters with :func:`jax.flatten_util.ravel_pytree` before calling in.
 
-Notation (see ``docs/algorithm`` / ALGORITHM.md sections 2.3-2.7):
+Notation (the docs page "MCLMC in one page" explains the dynamics):
 
 * ``position`` x in R^d, ``momentum`` u on the unit sphere (SMILE also allows u = 0 at the
   start and after a reset: the first velocity update then points u along the gradient);

@@ -1,6 +1,6 @@
 """Predictive metrics of posterior draws (or a deep ensemble) on held-out data.
 
-The papers' metrics (ALGORITHM.md 4.6 and 5.9), computed from an ``InferenceData`` group and a
+The metrics the MILE and SMILE papers report, computed from an ``InferenceData`` group and a
 model replayed on held-out data, with every draw of every member pooled:
 
 * **LPPD**: mean over test points of log((1 / (K S)) sum_{k,s} p(y_i | theta_{k,s})); higher is

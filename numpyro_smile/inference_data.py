@@ -10,8 +10,8 @@ memory before the next: the device never holds a members x draws x N array. For 
 N, ``log_likelihood=m`` uses a fixed random subset of m points instead (recorded as the
 coordinate values), and ``log_likelihood=False`` skips it.
 
-All of ArviZ lives in this module (NUMPYRO_NOTES.md section 0: ArviZ 1.x replaces
-``InferenceData``; a DataTree path would be added here).
+All of ArviZ lives in this module (ArviZ 1.x replaces ``InferenceData`` with xarray's
+``DataTree``; a DataTree path would be added here).
 """
 
 from __future__ import annotations

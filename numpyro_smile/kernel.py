@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.initialization import init_to_uniform
@@ -54,7 +55,7 @@ NUM_NOISE_PROBES = 8
 #: prior's centre than NUTS's radius 2 in unconstrained space, since MCLMC moves one step size
 #: per step. Neural networks are better started from trained points (``init_params``).
 DEFAULT_INIT_STRATEGY = init_to_uniform(radius=0.5)
-#: Gradient sanitising in mini-batch mode (ALGORITHM.md 5.5): NaN -> 0, then clip.
+#: Gradient sanitising in mini-batch mode (as SMILE's reference code does): NaN -> 0, then clip.
 GRADIENT_CLIP = 1e6
 #: Full batch: dE comes from per-datum differences once the potential's float rounding
 #: exceeds this share of the targeted |dE| (see ``_needs_per_datum_energy``).
@@ -353,6 +354,22 @@ def _batched_axes(state: SMILEState) -> SMILEState:
     return SMILEState(*([0] * (len(SMILEState._fields) - 1)), None)
 
 
+def _check_options(bools: dict, numbers: dict, integers: dict) -> None:
+    """Type errors for options of the wrong kind (``precondition="yes"``, ``step_size="1e-3"``),
+    which would otherwise be accepted and misread; ``None`` means "the default" for each."""
+    for name, value in bools.items():
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {value!r}.")
+    for name, value in numbers.items():
+        if value is not None and (
+            isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number))
+        ):
+            raise TypeError(f"{name} must be a number, got {value!r}.")
+    for name, value in integers.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {value!r}.")
+
+
 def _energy_var_schedule(desired_energy_var) -> tuple[float, float]:
     """``desired_energy_var`` as a validated ``(start, end)`` pair of positive floats."""
     if desired_energy_var is None:
@@ -402,7 +419,7 @@ class SMILE(MCMCKernel):
             The reset guardrail always stays on. Full-batch tuning always stops after warmup.
         reset_quantile: mini-batch mode: a step whose |dE| exceeds this quantile of the
             Gamma distribution fitted to recent |dE| is rejected (a reset); 1.0 disables
-            resets. See :class:`~numpyro_smile.tuning.EnergyTunerConfig` (ALGORITHM.md 5.5).
+            resets. See :class:`~numpyro_smile.tuning.EnergyTunerConfig`.
         adapt_tail_prob: mini-batch mode: total probability of the two tails of the fitted
             |dE| distribution that change the step size (split by ``shrink_share``).
         adapt_rate: mini-batch mode: relative step-size change per adapting step.
@@ -469,6 +486,32 @@ class SMILE(MCMCKernel):
                 "Pass exactly one of `model` (a NumPyro model) or `potential_fn` (a function "
                 "z -> potential energy); got " + ("both." if model is not None else "neither.")
             )
+        if model is not None and (data_size is not None or subsample_size is not None):
+            raise ValueError(
+                "SMILE(model, data_size=..., subsample_size=...): a model declares its "
+                "mini-batch size in its plate, numpyro.plate('data', N, subsample_size=B) "
+                "(e.g. a model argument passed at mcmc.run(..., subsample_size=B)); "
+                "data_size and subsample_size are for potential_fn only."
+            )
+        _check_options(
+            bools={
+                "adapt": adapt,
+                "adapt_during_sampling": adapt_during_sampling,
+                "precondition": precondition,
+            },
+            numbers={
+                "step_size": step_size,
+                "L": L,
+                "reset_quantile": reset_quantile,
+                "adapt_tail_prob": adapt_tail_prob,
+                "adapt_rate": adapt_rate,
+                "smoothing": smoothing,
+                "shrink_share": shrink_share,
+                "max_noise_angle": max_noise_angle,
+                "pretrain_learning_rate": pretrain_learning_rate,
+            },
+            integers={"pretrain_steps": pretrain_steps},
+        )
         if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"step_size must be a positive finite number, got {step_size!r}.")
         if L is not None and not L > 0:

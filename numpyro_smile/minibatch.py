@@ -176,7 +176,40 @@ def inspect_model(
             "The model has no latent sample site (every numpyro.sample is observed), so there "
             "is nothing to sample. Add a prior site, e.g. numpyro.sample('w', dist.Normal())."
         )
+    if plates:
+        _check_traced_indices(model, model_args, model_kwargs, plates)
     return plates
+
+
+def _check_traced_indices(model, model_args, model_kwargs, plates: dict) -> None:
+    """Trace the model with traced mini-batch indices, as the sampler's compiled step does.
+
+    Data sliced by hand with a NumPy array (``X[idx]`` for ``with plate(...) as idx``) works
+    on the concrete indices used above but fails inside the compiled step with a raw tracer
+    error; here it fails before anything compiles, with the fix.
+    """
+
+    def run(indices):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            handlers.trace(handlers.seed(subsample_model, rng_seed=0)).get_trace(
+                model, *model_args, **{**model_kwargs, SUBSAMPLE_KWARG: indices}
+            )
+
+    indices = {
+        name: jax.ShapeDtypeStruct((plate.subsample_size,), jnp.int32)
+        for name, plate in plates.items()
+    }
+    try:
+        jax.eval_shape(run, indices)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as error:
+        raise ModelError(
+            f"The model turns the mini-batch indices of plate {next(iter(plates))!r} into "
+            "NumPy values, e.g. X[idx] on a NumPy array X inside `with numpyro.plate(..., "
+            "subsample_size=B) as idx`. The sampler's indices are traced JAX values: slice "
+            "data with numpyro.subsample(X, event_dim=1) (event_dim=0 for a vector), or "
+            "index a JAX array (jnp.asarray(X)[idx])."
+        ) from error
 
 
 def _check_observation_is_subsampled(name: str, site: dict, plates: dict) -> None:

@@ -1,6 +1,6 @@
 """Ready NumPyro models for Bayesian neural networks, with a subsample plate.
 
-Both models follow the papers' UCI setup (ALGORITHM.md 4.4 and 5.7): a fully connected ReLU
+Both models follow the MILE and SMILE papers' UCI setup: a fully connected ReLU
 network, an isotropic N(0, prior_scale^2) prior on every weight and bias, and the likelihood in
 ``numpyro.plate("data", N, subsample_size=batch_size)``, so that ``SMILE`` and
 ``SMILEEnsemble`` mini-batch them (``batch_size=None``: full batch, i.e. MILE).

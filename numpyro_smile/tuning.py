@@ -3,15 +3,15 @@
 Three adapters, each a NamedTuple state plus pure functions (optax style), unit-testable alone:
 
 * :func:`energy_tuner_init` / :func:`energy_tuner_update`: SMILE's energy-error step-size
-  controller with the reset guardrail (ALGORITHM.md 5.5). A Gamma distribution is moment-fitted
+  controller with the reset guardrail (docs: "Guardrails"). A Gamma distribution is moment-fitted
   to recent |dE|; an atypically large |dE| shrinks the step size, an atypically small one grows
   it, and a |dE| beyond the ``reset_quantile`` rejects the step. Relative: no absolute target.
   One deliberate deviation: the two adaptation tails are equal by default (``shrink_share``).
 * :func:`gradient_noise_init` / :func:`gradient_noise_update` / :func:`gradient_noise_scale`:
   pSMILE's diagonal preconditioner from an EMA of the per-coordinate gradient mean and standard
-  deviation (ALGORITHM.md 5.3). It makes mini-batch gradient noise isotropic.
+  deviation (docs: "Mini-batch noise"). It makes mini-batch gradient noise isotropic.
 * :func:`mclmc_tuner_init` / :func:`mclmc_tuner_update`: full-batch MCLMC tuning with MILE's
-  changes (ALGORITHM.md 3, 4.2): step size from the energy variance with a 0.5 -> 0.1 schedule
+  changes (docs: "MCLMC in one page"): step size from the energy variance with a 0.5 -> 0.1 schedule
   (phases I+II), L from posterior variances (end of phase II), L from the effective sample size
   of a stored trace (phase III).
 """
@@ -53,7 +53,7 @@ __all__ = [
 
 Array = jax.Array
 
-#: Step-size bounds of the SMILE controller (ALGORITHM.md 5.5, "Other numerical guardrails").
+#: Step-size bounds of the SMILE controller (SMILE's numerical guardrails).
 STEP_SIZE_MIN, STEP_SIZE_MAX = 1e-8, 10.0
 
 
@@ -115,7 +115,7 @@ class EnergyTunerState(NamedTuple):
 
 
 def energy_tuner_init(dtype=jnp.float32) -> EnergyTunerState:
-    """Fresh statistics; the first steps overwrite them (ALGORITHM.md 5.5, step 4)."""
+    """Fresh statistics; the first steps overwrite them (as in SMILE's reference code)."""
     one = jnp.ones((), dtype=dtype)
     return EnergyTunerState(abs_mean=one, abs_std=one, count=jnp.ones((), jnp.int32))
 
@@ -311,7 +311,7 @@ def energy_variance_update(
 
     xi = dE^2 / (d V*) + 1e-8 is weighted by exp(-(log xi / (6 trust))^2 / 2), so steps far
     from the target count less; the sums decay with (n_eff - 1) / (n_eff + 1). A non-finite
-    step counts as dE = 0 and caps the step size at 0.8 eps (ALGORITHM.md 3.2).
+    step counts as dE = 0 and caps the step size at 0.8 eps (as BlackJAX's tuner does).
 
     Returns:
         ``(new_state, new_step_size)``.

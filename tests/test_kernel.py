@@ -336,11 +336,49 @@ def test_model_xor_potential_fn():
         ({"integrator": "yoshida"}, "integrator must be one of"),
         ({"batch_schedule": "random"}, "batch_schedule must be one of"),
         ({"reset_quantile": 1.5}, "reset_quantile must be in"),
+        ({"desired_energy_var": -1.0}, "desired_energy_var must be a positive number"),
+        ({"desired_energy_var": (0.5,)}, r"or a \(start, end\) pair"),
+        # the mini-batch size of a model lives in its plate
+        ({"subsample_size": 64}, r"declares its mini-batch size in its plate"),
+        ({"data_size": 100, "subsample_size": 10}, r"for potential_fn only"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SMILE(linear_regression, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precondition": "yes"}, "precondition must be True or False, got 'yes'"),
+        ({"adapt": 1}, "adapt must be True or False"),
+        ({"step_size": "1e-3"}, "step_size must be a number"),
+        ({"max_noise_angle": True}, "max_noise_angle must be a number"),
+        ({"pretrain_steps": 10.5}, "pretrain_steps must be an int"),
+    ],
+)
+def test_options_of_the_wrong_type(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        SMILE(linear_regression, **kwargs)
+
+
+def sliced_by_hand(X, y, subsample_size=None):
+    """Slices the data with the plate's indices instead of numpyro.subsample."""
+    beta = numpyro.sample("beta", dist.Normal(0, 10.0).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("N", X.shape[0], subsample_size=subsample_size) as idx:
+        numpyro.sample("obs", dist.Normal(X[idx] @ beta, 1.0), obs=y[idx])
+
+
+def test_numpy_data_sliced_by_hand_is_named_before_compiling(blr):
+    """X[idx] on NumPy arrays fails only once the indices are traced: the error names
+    numpyro.subsample; on JAX arrays the same model samples."""
+    X, y = np.asarray(blr.X), np.asarray(blr.y)
+    mcmc = MCMC(SMILE(sliced_by_hand), num_warmup=5, num_samples=5, progress_bar=False)
+    with pytest.raises(ModelError, match=r"X\[idx\] on a NumPy array.*numpyro.subsample"):
+        mcmc.run(jax.random.key(0), X, y, subsample_size=100)
+    mcmc.run(jax.random.key(0), blr.X, blr.y, subsample_size=100)
+    assert np.isfinite(np.asarray(mcmc.get_samples()["beta"])).all()
 
 
 def test_bad_model_inputs_raise_at_run(blr):

@@ -1,6 +1,6 @@
 """Scale: N = 10^6 data points in float32, the default dtype.
 
-A potential of ~10^6 is resolved to ~0.1 in float32 (NUMPYRO_NOTES pitfall 11). These tests
+A potential of ~10^6 is resolved to ~0.1 in float32. These tests
 check what that can break:
 
 * SMILE mode (a subsample plate): the posterior mean of a linear and of a logistic regression
