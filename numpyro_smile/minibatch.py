@@ -442,13 +442,38 @@ def full_data_indices(plates: dict[str, PlateInfo]) -> dict[str, jax.Array]:
     return {name: jnp.arange(info.size) for name, info in plates.items()}
 
 
+class _AllPoints(Messenger):
+    """Hands the named plates all their points, ``arange(size)`` with ``size`` as the model
+    declares it on this call (the training N, or a test set's): an ordinary full plate."""
+
+    def __init__(self, fn=None, names=()):
+        self.names = frozenset(names)
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] == "plate" and msg["name"] in self.names:
+            size = msg["args"][0]
+            msg["value"] = jnp.arange(size)
+            msg["args"] = (size, size)
+
+
 def full_data_model(model: Callable, plates: dict[str, PlateInfo]) -> Callable:
-    """A view of ``model`` that always uses all N data points of every subsample plate.
+    """A view of ``model`` that always uses all data points of every subsample plate.
 
     ``az.from_numpyro``, ``numpyro.infer.log_likelihood`` and ``Predictive`` on this view give
-    per-datum quantities over the full data instead of a random mini-batch.
+    per-datum quantities over the full data instead of a random mini-batch. The plates take
+    their size from the data of each call, so the view also predicts on new data of another
+    size (``Predictive(kernel.model, samples)(key, X_test)``).
     """
-    return fixed_indices_model(model, full_data_indices(plates), suffix="_full_data")
+    names = tuple(plates)
+
+    def model_on_all_points(*args, **kwargs):
+        with _AllPoints(names=names):
+            return model(*args, **kwargs)
+
+    model_on_all_points.__name__ = getattr(model, "__name__", "model") + "_full_data"
+    model_on_all_points.__wrapped__ = model
+    return model_on_all_points
 
 
 def fixed_indices_model(model: Callable, indices: dict, suffix: str = "_subset") -> Callable:

@@ -8,7 +8,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro.infer import log_likelihood
+from numpyro.infer import Predictive, log_likelihood
 from numpyro.infer.util import initialize_model
 
 from numpyro_smile import minibatch
@@ -189,6 +189,20 @@ def test_full_data_model_gives_pointwise_log_likelihood_over_all_points():
     ll = log_likelihood(view, samples, X, y, subsample_size=50)
     assert ll["obs"].shape == (7, 500)
     np.testing.assert_allclose(ll["obs"][0], dist.Normal(0, 1).log_prob(y), rtol=1e-5)
+
+
+def test_full_data_model_predicts_on_new_data_of_another_size():
+    """The view's plates take their size from each call's data: Predictive on 120 test points
+    of a model inspected on 500 training points."""
+    X_test, _ = small_data(n=120)
+    view = minibatch.full_data_model(linear_regression, {"N": PlateInfo(500, 50)})
+    samples = {"beta": jnp.ones((7, 3))}
+    predictive = Predictive(view, samples)(jax.random.key(0), X_test, None, subsample_size=50)
+    assert predictive["obs"].shape == (7, 120)
+    mean = np.asarray(predictive["obs"]).mean(0)  # 7 draws of N(X beta, 1) per point
+    assert np.abs(mean - np.asarray(X_test).sum(1)).max() < 5 / np.sqrt(7)  # 5 sd
+    ll = log_likelihood(view, samples, *small_data(n=120), subsample_size=50)
+    assert ll["obs"].shape == (7, 120)
 
 
 PERMUTATIONS = [minibatch.feistel_permutation, minibatch.swap_or_not_permutation]
