@@ -10,7 +10,7 @@ test metrics of the deep ensemble and the posterior. No network access: the digi
 scikit-learn. Run::
 
     python -m benchmarks.cnn_memory [--members 4] [--warmup 3000] [--samples 5000]
-        [--thinning 10] [--out outputs/cnn_memory.json]
+        [--thinning 10] [--progress] [--out outputs/cnn_memory.json]
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--thinning", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true", help="show the progress bar")
     parser.add_argument("--out", type=Path, default=Path("outputs/cnn_memory.json"))
     args = parser.parse_args(argv)
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_warmup=args.warmup,
         num_samples=args.samples,
         thinning=args.thinning,
+        progress_bar=args.progress or None,
     )
     start = time.perf_counter()
     idata = ensemble.run(jax.random.key(args.seed), *train, validation=valid)
