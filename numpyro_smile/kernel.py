@@ -626,9 +626,32 @@ class SMILE(MCMCKernel):
             **self._with_indices(model_kwargs, minibatch.full_data_indices(self._plates)),
         )
 
+    @property
+    def mode(self) -> str:
+        """The variant that runs, in words (known after ``init``): e.g. ``"pSMILE, B=256 of
+        N=10000"`` on mini-batches, ``"MILE, full batch"`` without a subsample plate."""
+        if not self._plates:
+            name = "MCLMC" if not self._adapt else "MILE"
+            return f"{name}, full batch"
+        name = ("pSMILE" if self.preconditioned else "SMILE") + ("" if self._adapt else "-naive")
+        batches = ", ".join(
+            f"B={plate.subsample_size} of N={plate.size}" for plate in self._plates.values()
+        )
+        return f"{name}, {batches}"
+
     def get_diagnostics_str(self, state: SMILEState) -> str:
+        """Progress-bar text: the variant, the mean step size, and the resets next to what the
+        guardrail resets by design (mini-batch mode: ``1 - reset_quantile`` of the steps; full
+        batch: none), so that a healthy run reads as one."""
         resets = int(jnp.sum(state.num_resets))
-        return f"step size {float(jnp.mean(state.step_size)):.2e}, {resets} resets"
+        steps = max(1, int(jnp.max(state.i)) * int(np.size(state.num_resets)))
+        expected = self.expected_reset_rate
+        if expected > 0:
+            reset_text = f"resets {100 * resets / steps:.1f}% ({100 * expected:.0f}% by design)"
+        else:
+            reset_text = f"resets {resets} (none expected)"
+        step_size = float(jnp.mean(state.step_size))
+        return f"{self.mode} | step size {step_size:.2e} | {reset_text}"
 
     def _with_indices(self, model_kwargs: dict, indices: dict) -> dict:
         if not self._plates:
