@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
+from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import (
     ModelInfo,
     _unconstrain_reparam,
@@ -124,9 +125,9 @@ def inspect_model(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model_trace = handlers.trace(handlers.seed(inspector, rng_seed=0)).get_trace(
-                *model_args, **model_kwargs
-            )
+            model_trace = handlers.trace(
+                _without_prior_draws(handlers.seed(inspector, rng_seed=0))
+            ).get_trace(*model_args, **model_kwargs)
     except ValueError as error:
         hint = _data_shape_hint(str(error), inspector.plates)
         if hint is None:
@@ -192,9 +193,9 @@ def _check_traced_indices(model, model_args, model_kwargs, plates: dict) -> None
     def run(indices):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            handlers.trace(handlers.seed(subsample_model, rng_seed=0)).get_trace(
-                model, *model_args, **{**model_kwargs, SUBSAMPLE_KWARG: indices}
-            )
+            handlers.trace(
+                _without_prior_draws(handlers.seed(subsample_model, rng_seed=0))
+            ).get_trace(model, *model_args, **{**model_kwargs, SUBSAMPLE_KWARG: indices})
 
     indices = {
         name: jax.ShapeDtypeStruct((plate.subsample_size,), jnp.int32)
@@ -210,6 +211,14 @@ def _check_traced_indices(model, model_args, model_kwargs, plates: dict) -> None
             "data with numpyro.subsample(X, event_dim=1) (event_dim=0 for a vector), or "
             "index a JAX array (jnp.asarray(X)[idx])."
         ) from error
+
+
+def _without_prior_draws(fn: Callable) -> Callable:
+    """``fn`` (seeded) with its continuous latent sites set to ``init_to_uniform`` values instead of
+    draws from their priors: the model checks need shapes and supports, not prior draws, and
+    improper priors (``dist.ImproperUniform``) cannot be drawn from (NUTS never draws them
+    either)."""
+    return handlers.substitute(fn, substitute_fn=init_to_uniform)
 
 
 def _check_observation_is_subsampled(name: str, site: dict, plates: dict) -> None:

@@ -502,3 +502,44 @@ def test_model_errors_surface_through_mcmc_run():
         mcmc = MCMC(SMILE(model), num_warmup=5, num_samples=5, progress_bar=False)
         with pytest.raises(ModelError, match=message):
             mcmc.run(jax.random.key(0), jnp.zeros(100))
+
+
+# ------------------------------------------------------------------ improper and masked priors
+
+
+def flat_prior_means(ya, yb, prior="improper"):
+    """Two means under a flat prior: the posterior is N(mean(ya), 1 / n) x N(mean(yb), 4 / n)."""
+    if prior == "improper":
+        mu = numpyro.sample("mu", dist.ImproperUniform(dist.constraints.real, (), (2,)))
+    else:  # a proper prior switched off: NumPyro's mask(False), a flat log density
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0).expand([2]).mask(False).to_event(1))
+    with numpyro.plate("a", ya.shape[0]):
+        numpyro.sample("ya", dist.Normal(mu[0], 1.0), obs=ya)
+    with numpyro.plate("b", yb.shape[0]):
+        numpyro.sample("yb", dist.Normal(mu[1], 2.0), obs=yb)
+
+
+@pytest.mark.parametrize("prior", ["improper", "masked"])
+def test_improper_and_masked_priors_sample_the_exact_posterior(prior):
+    """NUTS samples flat priors (ImproperUniform, or a prior masked off); so must SMILE."""
+    rng = np.random.default_rng(3)
+    n = 50
+    ya = rng.normal(1.0, 1.0, n).astype(np.float32)
+    yb = rng.normal(-2.0, 2.0, n).astype(np.float32)
+    mcmc = MCMC(
+        SMILE(flat_prior_means),
+        num_warmup=1000,
+        num_samples=2000,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.key(0), ya, yb, prior=prior)
+    mu = np.asarray(mcmc.get_samples(group_by_chain=True)["mu"], np.float64)
+    exact_mean = np.array([ya.mean(), yb.mean()])
+    exact_sd = np.array([1.0, 2.0]) / np.sqrt(n)
+    ess = az.ess(az.from_dict(posterior={"mu": mu}))["mu"].values
+    z = (mu.mean((0, 1)) - exact_mean) / (exact_sd / np.sqrt(ess))
+    assert np.all(np.abs(z) < 4), (mu.mean((0, 1)), exact_mean, ess)
+    # sd: relative Monte Carlo error ~ 1 / sqrt(2 ESS) for a Gaussian marginal; 4 of those
+    assert np.all(np.abs(mu.std((0, 1)) / exact_sd - 1) < 4 / np.sqrt(2 * ess)), ess
