@@ -190,7 +190,7 @@ def _pointwise(
     plates = minibatch.inspect_model(model, model_args, model_kwargs, check=False)
     view = minibatch.full_data_model(model, plates)
     dataset = idata[group]
-    prior_trace = inference_data.trace_model(view, {}, model_args, model_kwargs)
+    prior_trace = inference_data.trace_model(view, {}, model_args, model_kwargs, prior_draws=False)
     latent = [
         name for name, s in prior_trace.items() if s["type"] == "sample" and not s["is_observed"]
     ]

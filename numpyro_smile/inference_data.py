@@ -50,12 +50,25 @@ CHUNK_ELEMENTS = 2**24
 
 
 def trace_model(
-    model: Callable, params: dict, model_args: tuple, model_kwargs: dict, rng_key=None
+    model: Callable,
+    params: dict,
+    model_args: tuple,
+    model_kwargs: dict,
+    rng_key=None,
+    *,
+    prior_draws: bool = True,
 ) -> dict:
-    """The trace of ``model`` with its latent sites set to the constrained ``params``."""
+    """The trace of ``model`` with its latent sites set to the constrained ``params``.
+
+    Latent sites missing from ``params`` are drawn from their priors, or, with
+    ``prior_draws=False`` (traces read for their structure: names, supports, shapes), set to
+    ``init_to_uniform`` values, which improper priors allow.
+    """
     seeded = handlers.seed(
         handlers.substitute(model, data=params), rng_seed=0 if rng_key is None else rng_key
     )
+    if not prior_draws:
+        seeded = minibatch.without_prior_draws(seeded)
     return handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
 
 
@@ -202,7 +215,7 @@ def posterior_site_names(
     ``numpyro.infer.Predictive`` on the full-data view.
     """
     model_trace = trace_model(
-        _one_point_view(model, subsample_plates), {}, model_args, model_kwargs
+        _one_point_view(model, subsample_plates), {}, model_args, model_kwargs, prior_draws=False
     )
     names = []
     for name, site in model_trace.items():
@@ -224,7 +237,7 @@ def identity_sites(
     """The latent sites among ``names`` whose support is the real line (or a product of it):
     their unconstrained and constrained values are the same arrays."""
     model_trace = trace_model(
-        _one_point_view(model, subsample_plates), {}, model_args, model_kwargs
+        _one_point_view(model, subsample_plates), {}, model_args, model_kwargs, prior_draws=False
     )
     unchanged = set()
     for name in names:

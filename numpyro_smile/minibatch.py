@@ -58,6 +58,7 @@ __all__ = [
     "split_model_args",
     "subsample_model",
     "swap_or_not_permutation",
+    "without_prior_draws",
 ]
 
 #: Reserved model keyword through which the kernel passes ``{plate_name: indices}``.
@@ -126,7 +127,7 @@ def inspect_model(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model_trace = handlers.trace(
-                _without_prior_draws(handlers.seed(inspector, rng_seed=0))
+                without_prior_draws(handlers.seed(inspector, rng_seed=0))
             ).get_trace(*model_args, **model_kwargs)
     except ValueError as error:
         hint = _data_shape_hint(str(error), inspector.plates)
@@ -194,7 +195,7 @@ def _check_traced_indices(model, model_args, model_kwargs, plates: dict) -> None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             handlers.trace(
-                _without_prior_draws(handlers.seed(subsample_model, rng_seed=0))
+                without_prior_draws(handlers.seed(subsample_model, rng_seed=0))
             ).get_trace(model, *model_args, **{**model_kwargs, SUBSAMPLE_KWARG: indices})
 
     indices = {
@@ -213,7 +214,7 @@ def _check_traced_indices(model, model_args, model_kwargs, plates: dict) -> None
         ) from error
 
 
-def _without_prior_draws(fn: Callable) -> Callable:
+def without_prior_draws(fn: Callable) -> Callable:
     """``fn`` (seeded) with its continuous latent sites set to ``init_to_uniform`` values instead of
     draws from their priors: the model checks need shapes and supports, not prior draws, and
     improper priors (``dist.ImproperUniform``) cannot be drawn from (NUTS never draws them

@@ -543,3 +543,28 @@ def test_improper_and_masked_priors_sample_the_exact_posterior(prior):
     assert np.all(np.abs(z) < 4), (mu.mean((0, 1)), exact_mean, ess)
     # sd: relative Monte Carlo error ~ 1 / sqrt(2 ESS) for a Gaussian marginal; 4 of those
     assert np.all(np.abs(mu.std((0, 1)) / exact_sd - 1) < 4 / np.sqrt(2 * ess)), ess
+
+
+def test_ensemble_and_evaluate_accept_an_improper_prior():
+    """The ensemble's InferenceData and evaluate read the model's structure without drawing
+    from its priors, which an ImproperUniform cannot do."""
+    from numpyro_smile import SMILEEnsemble, evaluate
+
+    rng = np.random.default_rng(3)
+    ya = rng.normal(1.0, 1.0, 50).astype(np.float32)
+    yb = rng.normal(-2.0, 2.0, 50).astype(np.float32)
+    ensemble = SMILEEnsemble(
+        flat_prior_means,
+        num_members=2,
+        num_warmup=500,
+        num_samples=1000,
+        thinning=1,
+        pretrain_epochs=5,
+    )
+    idata = ensemble.run(jax.random.key(0), ya, yb)
+    mean = idata.posterior["mu"].mean(("chain", "draw")).values
+    sd = np.array([1.0, 2.0]) / np.sqrt(50)
+    # 2,000 draws, ESS at least a few hundred: the mean is within a fifth of an sd
+    np.testing.assert_array_less(np.abs(mean - [ya.mean(), yb.mean()]), 0.2 * sd)
+    assert idata.log_likelihood["ya"].shape == (2, 1000, 50)
+    assert np.isfinite(evaluate(flat_prior_means, idata, ya, yb, site="ya")["lppd"])
