@@ -75,12 +75,12 @@ def peak_live_bytes(fn: Callable, *args: Any) -> int:
         args: its arguments, arrays or ``jax.ShapeDtypeStruct`` (nothing is computed).
 
     Returns:
-        The inputs' bytes plus the largest sum of intermediate values alive at one point of
-        the program (an upper bound on what the compiled function allocates).
+        The bytes of the inputs and captured constants plus the largest sum of intermediate
+        values alive at one point of the program: the peak of an unfused evaluation, close
+        to what the compiled function allocates (see the module docstring).
     """
     closed = jax.make_jaxpr(fn)(*args)
     inputs = sum(_nbytes(v) for v in (*closed.jaxpr.invars, *closed.jaxpr.constvars))
-    inputs += sum(int(getattr(c, "nbytes", 0)) for c in closed.consts)
     return inputs + _transient_peak(closed.jaxpr)
 
 
