@@ -366,8 +366,8 @@ class MCLMCTunerConfig(NamedTuple):
     num_phase1: int
     num_phase2: int
     num_phase3: int
-    energy_var_start: float = 0.5
-    energy_var_end: float = 0.1
+    energy_var_start: float = MILE_ENERGY_VAR[0]
+    energy_var_end: float = MILE_ENERGY_VAR[1]
     num_effective_samples: float = 100.0
     trust_in_estimate: float = 1.5
     tune_L: bool = True
@@ -380,8 +380,8 @@ def mclmc_tuner_config(
     num_warmup: int,
     dim: int,
     *,
-    energy_var_start: float = 0.5,
-    energy_var_end: float = 0.1,
+    energy_var_start: float = MILE_ENERGY_VAR[0],
+    energy_var_end: float = MILE_ENERGY_VAR[1],
     num_effective_samples: float = 100.0,
     trust_in_estimate: float = 1.5,
     tune_L: bool = True,
