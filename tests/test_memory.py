@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 import numpyro_smile.ensemble as ensemble_module
-from numpyro_smile import SMILEEnsemble
+from numpyro_smile import SMILEEnsemble, memory
 from numpyro_smile.models import mlp_regression
 
 HIDDEN, N, B = (316, 316), 64, 16  # 1 + 316 + 316 * 316 + 316 + 316 + 1 + log_sigma
@@ -32,22 +31,6 @@ def _live_device_bytes() -> int:
                 key = id(shard.data)
             buffers[key] = shard.data.nbytes
     return sum(buffers.values())
-
-
-def _host_peak_reset() -> bool:
-    """Reset the process's peak resident set size (Linux); False where that is unavailable."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _host_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 @pytest.mark.filterwarnings("ignore::numpyro_smile.ResetWarning")  # not what this test is about
@@ -74,8 +57,8 @@ def test_draws_stream_to_host_memory(monkeypatch):
     store.original = ensemble_module._store
     monkeypatch.setattr(ensemble_module, "_store", store)
     before = _live_device_bytes()
-    measure_host = _host_peak_reset()
-    host_before = _host_kib("VmRSS")
+    measure_host = memory.reset_peak_rss()
+    host_before = memory.peak_rss_bytes()  # right after a reset: the current resident set
     start = time.perf_counter()
     idata = ensemble.run(jax.random.key(0), X, y)
     wall = time.perf_counter() - start
@@ -98,7 +81,7 @@ def test_draws_stream_to_host_memory(monkeypatch):
     assert peak < draws_bytes / 10
 
     # In host memory: the draws once (InferenceData shares the sampler's arrays).
-    host_peak = (_host_kib("VmHWM") - host_before) * 1024 if measure_host else 0
+    host_peak = memory.peak_rss_bytes() - host_before if measure_host else 0
     print(
         f"\n{NUM_PARAMS} parameters, {K} members, {NUM_DRAWS} draws ({draws_bytes / 2**30:.2f} "
         f"GiB): device peak {peak / 2**20:.0f} MiB (chunk {chunk_bytes / 2**20:.0f} MiB), host "

@@ -11,8 +11,6 @@ while the chunk runs, after the first chunk (which includes compilation).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import arviz as az
 import jax
 import jax.numpy as jnp
@@ -76,34 +74,22 @@ def _posterior(shapes: dict) -> az.InferenceData:
     return az.from_dict(posterior=draws)
 
 
-def _kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux)
-
-
 @pytest.mark.parametrize("name", ["cnn", "attention"])
 def test_replay_peak_stays_within_the_budget(name, monkeypatch):
     model, X, y, shapes = _problem(name)
     idata = _posterior(shapes)
-    try:
-        _reset_peak()
-    except OSError as error:  # a measurement we cannot make must fail, never skip silently
-        pytest.fail(f"cannot reset the peak resident set on this system: {error}")
+    if not memory.reset_peak_rss():  # a measurement we cannot make must fail, never skip
+        pytest.fail("cannot reset the peak resident set on this system (/proc/self/clear_refs)")
 
     growth = []  # peak resident growth while each chunk runs and is copied out, in bytes
     original = jax.device_get
 
     def measured_device_get(tree):
         out = original(tree)  # waits for the chunk's computation
-        growth.append((_kib("VmHWM") - measured_device_get.base) * 1024)
-        _reset_peak()
-        measured_device_get.base = _kib("VmRSS")
+        growth.append(memory.peak_rss_bytes() - measured_device_get.base)
+        memory.reset_peak_rss()
+        # right after a reset the peak is the current resident set
+        measured_device_get.base = memory.peak_rss_bytes()
         return out
 
     stats = {}
@@ -114,8 +100,8 @@ def test_replay_peak_stays_within_the_budget(name, monkeypatch):
 
     monkeypatch.setattr(inference_data, "map_draws", map_draws_with_stats)
     monkeypatch.setattr(jax, "device_get", measured_device_get)
-    _reset_peak()
-    measured_device_get.base = _kib("VmRSS")
+    memory.reset_peak_rss()
+    measured_device_get.base = memory.peak_rss_bytes()
     metrics = evaluate(model, idata, X, y, memory_budget=BUDGET)
     monkeypatch.undo()
 
