@@ -84,7 +84,14 @@ def evaluate(
         probabilities (categorical, Bernoulli), ``"accuracy"`` and ``"ece"``.
     """
     pointwise = _pointwise(
-        model, idata, model_args, model_kwargs, group, site, False, memory_budget=memory_budget
+        model,
+        idata,
+        model_args,
+        model_kwargs,
+        group,
+        site,
+        replicate=False,
+        memory_budget=memory_budget,
     )
     result, labels = pointwise.result, pointwise.labels
     num_draws = int(np.prod(result["log_likelihood"].shape[:2]))
@@ -153,7 +160,7 @@ def predict(
         model_kwargs,
         group,
         site,
-        replicate,
+        replicate=replicate,
         key=rng_key,
         memory_budget=memory_budget,
     )

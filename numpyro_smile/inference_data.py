@@ -368,7 +368,7 @@ def to_inference_data(
     def constrain_all(draws):
         values = {}
         if constrained_names:
-            stats = {} if memory_stats is None else memory_stats.setdefault("constrain", {})
+            stats = None if memory_stats is None else memory_stats.setdefault("constrain", {})
             values = map_draws(
                 constrain, draws, rng_key, *arrays, memory_budget=memory_budget, stats=stats
             )
@@ -401,7 +401,7 @@ def to_inference_data(
             args, kwargs = bind(arrays)
             return observations_fn(view, args, kwargs, posterior_predictive)(params, key)
 
-        stats = {} if memory_stats is None else memory_stats.setdefault("observations", {})
+        stats = None if memory_stats is None else memory_stats.setdefault("observations", {})
         replayed = map_draws(
             observations, posterior, key_ll, *arrays, memory_budget=memory_budget, stats=stats
         )
