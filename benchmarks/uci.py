@@ -50,7 +50,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_smile import SMILEEnsemble, evaluate, inference_data, memory, minibatch
+from numpyro_smile import SMILEEnsemble, evaluate, memory, minibatch, replay
 from numpyro_smile.datasets import load_table, split_standardize
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY
 from numpyro_smile.models import mlp_classification, mlp_regression
@@ -348,9 +348,9 @@ def _draws_to_idata(problem: Problem, xs, unravel) -> az.InferenceData | None:
     z = jax.vmap(jax.vmap(unravel))(jnp.asarray(xs))
     train = problem.split.train
     plates = minibatch.inspect_model(problem.model, train, {})
-    names = inference_data.posterior_site_names(problem.model, train, {}, plates)
-    constrain = inference_data.constrain_draws(problem.model, train, {}, plates, names)
-    posterior = inference_data.map_draws(constrain, z, jax.random.key(0))
+    names = replay.posterior_site_names(problem.model, train, {}, plates)
+    constrain = replay.constrain_draws(problem.model, train, {}, plates, names)
+    posterior = replay.map_draws(constrain, z, jax.random.key(0))
     return az.from_dict(posterior=posterior)
 
 

@@ -1,5 +1,6 @@
 """numpyro-smile: microcanonical Langevin samplers (MCLMC, MILE, SMILE) for NumPyro models."""
 
+from numpyro_smile._version import __version__ as __version__
 from numpyro_smile.diagnostics import ResetWarning, check_resets
 from numpyro_smile.ensemble import SMILEEnsemble
 from numpyro_smile.evaluation import evaluate, predict
@@ -16,4 +17,3 @@ __all__ = [
     "evaluate",
     "predict",
 ]
-__version__ = "0.1.0"

@@ -29,6 +29,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from numpyro_smile._version import __version__
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
@@ -138,13 +140,11 @@ def make_checkpoint(
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: EnsembleCheckpoint) -> Path:
     """Write ``checkpoint`` to ``path`` (exactly that name; ``.npz`` is the usual suffix)."""
-    import numpyro_smile
-
     path = Path(path)
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "numpyro_smile_version": numpyro_smile.__version__,
+        "numpyro_smile_version": __version__,
         "jax_version": jax.__version__,
         **{
             field.name: getattr(checkpoint, field.name)

@@ -22,8 +22,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from numpyro_smile import SMILEEnsemble
 from numpyro_smile.datasets import Split, split_standardize
+from numpyro_smile.ensemble import SMILEEnsemble
 from numpyro_smile.models import mlp_apply, mlp_regression
 
 #: Central interval levels of the calibration curve.

@@ -51,6 +51,7 @@ from numpyro_smile import (
     memory,
     minibatch,
     pretrain,
+    replay,
     tuning,
 )
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY, SMILE, SMILEState, check_init_params
@@ -522,9 +523,9 @@ class SMILEEnsemble:
         def validation_loss(x, unravel, arrays):
             args, kwargs = bind(arrays)
             params = constrain_fn(view, args, kwargs, unravel(x))
-            observed = inference_data.observations_fn(view, args, kwargs, False)(
-                params, jax.random.key(0)
-            )["log_likelihood"]
+            observed = replay.observations_fn(view, args, kwargs, False)(params, jax.random.key(0))[
+                "log_likelihood"
+            ]
             total = sum(jnp.sum(v) for v in observed.values())
             return -total / sum(jnp.size(v) for v in observed.values())
 
@@ -668,7 +669,7 @@ class SMILEEnsemble:
             1,
             min(
                 math.ceil(num_draws / PROGRESS_CHUNKS),
-                inference_data.CHUNK_ELEMENTS // (num_members * dim),
+                replay.CHUNK_ELEMENTS // (num_members * dim),
             ),
         )
         chunk = min(chunk, num_draws)

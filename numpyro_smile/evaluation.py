@@ -26,7 +26,7 @@ import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
-from numpyro_smile import inference_data, minibatch
+from numpyro_smile import minibatch, replay
 
 __all__ = ["evaluate", "expected_calibration_error", "lppd", "predict"]
 
@@ -76,7 +76,7 @@ def evaluate(
         num_bins: confidence bins of the expected calibration error (classification).
         memory_budget: bytes one chunk of the replay may hold at its peak, the network's
             activations on all held-out points included (default 256 MiB; see
-            :func:`numpyro_smile.inference_data.map_draws`).
+            :func:`numpyro_smile.replay.map_draws`).
 
     Returns:
         ``{"lppd", "num_draws"}`` plus, for a continuous likelihood, ``"rmse"``,
@@ -197,7 +197,7 @@ def _pointwise(
     plates = minibatch.inspect_model(model, model_args, model_kwargs, check=False)
     view = minibatch.full_data_model(model, plates)
     dataset = idata[group]
-    prior_trace = inference_data.trace_model(view, {}, model_args, model_kwargs, prior_draws=False)
+    prior_trace = replay.trace_model(view, {}, model_args, model_kwargs, prior_draws=False)
     latent = [
         name for name, s in prior_trace.items() if s["type"] == "sample" and not s["is_observed"]
     ]
@@ -229,7 +229,7 @@ def _pointwise(
 
     def per_draw(params, key, *arrays):
         args, kwargs = bind(arrays)
-        model_site = inference_data.trace_model(view, params, args, kwargs, key)[site]
+        model_site = replay.trace_model(view, params, args, kwargs, key)[site]
         site_fn, value = _elementwise(model_site["fn"]), model_site["value"]
         shape = jnp.shape(value)
         out = {}
@@ -250,7 +250,7 @@ def _pointwise(
         return out
 
     key = jax.random.key(0) if key is None else key
-    result = inference_data.map_draws(per_draw, draws, key, *arrays, memory_budget=memory_budget)
+    result = replay.map_draws(per_draw, draws, key, *arrays, memory_budget=memory_budget)
     return _Pointwise(result, labels, classification, has_observations)
 
 

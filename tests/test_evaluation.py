@@ -1,10 +1,9 @@
-"""Metrics, data protocol and chunked replay: checked against closed forms."""
+"""Metrics and data protocol: checked against closed forms (the chunked replay: test_replay.py)."""
 
 from __future__ import annotations
 
 import arviz as az
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -14,7 +13,6 @@ from scipy import stats
 from numpyro_smile import evaluate
 from numpyro_smile.datasets import load_table, split_standardize
 from numpyro_smile.evaluation import expected_calibration_error, lppd, predict
-from numpyro_smile.inference_data import map_draws
 
 from .conftest import data_file
 
@@ -103,21 +101,6 @@ def test_evaluate_errors():
         evaluate(location_model, idata, np.zeros(5, np.float32), group="pretrained")
     with pytest.raises(ValueError, match="lacks the model's latent sites"):
         evaluate(location_model, az.from_dict(posterior={"nu": np.zeros((2, 3))}), np.zeros(5))
-
-
-def test_map_draws_does_not_depend_on_the_chunk_size():
-    draws = {"x": jnp.arange(2 * 7 * 3, dtype=jnp.float32).reshape(2, 7, 3)}
-
-    def fn(draw, key, scale):
-        return {"y": scale * draw["x"].sum() + jax.random.normal(key)}
-
-    results = [
-        map_draws(fn, draws, jax.random.key(0), jnp.float32(2.0), chunk_size=size)["y"]
-        for size in (1, 3, 7, None)
-    ]
-    for result in results[1:]:
-        np.testing.assert_array_equal(result, results[0])
-    assert results[0].shape == (2, 7) and isinstance(results[0], np.ndarray)
 
 
 def test_split_standardize_protocol():

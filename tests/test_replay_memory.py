@@ -20,8 +20,7 @@ import numpyro.distributions as dist
 import pytest
 
 from benchmarks.cnn_memory import cnn
-from numpyro_smile import evaluate, inference_data, memory
-from numpyro_smile.inference_data import ReplayMemoryWarning, map_draws
+from numpyro_smile import evaluate, memory, replay
 
 BUDGET = 64 * 2**20
 K, S = 2, 16  # members x draws: 32 replays of the whole data set
@@ -93,12 +92,12 @@ def test_replay_peak_stays_within_the_budget(name, monkeypatch):
         return out
 
     stats = {}
-    original_map_draws = inference_data.map_draws
+    original_map_draws = replay.map_draws
 
     def map_draws_with_stats(*args, **kwargs):
         return original_map_draws(*args, **kwargs, stats=stats)
 
-    monkeypatch.setattr(inference_data, "map_draws", map_draws_with_stats)
+    monkeypatch.setattr(replay, "map_draws", map_draws_with_stats)
     monkeypatch.setattr(jax, "device_get", measured_device_get)
     memory.reset_peak_rss()
     measured_device_get.base = memory.peak_rss_bytes()
@@ -126,25 +125,8 @@ def test_replay_peak_stays_within_the_budget(name, monkeypatch):
 
 
 def _replay_log_lik(model, params, X, y):
-    trace = inference_data.trace_model(model, params, (X, y), {})
+    trace = replay.trace_model(model, params, (X, y), {})
     return trace["y"]["fn"].log_prob(trace["y"]["value"])
-
-
-def test_budget_is_validated_and_an_oversized_draw_warns():
-    draws = {"x": jnp.ones((1, 3, 4))}
-
-    def fn(draw, key, data):
-        return {"y": jnp.sum(jnp.tanh(data[:, None] * draw["x"][None, :]), -1)}
-
-    with pytest.raises(TypeError, match="number of bytes"):
-        map_draws(fn, draws, jax.random.key(0), jnp.ones(8), memory_budget=1.5e8)
-    with pytest.raises(ValueError, match="at least 1 MiB"):
-        map_draws(fn, draws, jax.random.key(0), jnp.ones(8), memory_budget=1000)
-    data = jnp.ones(2**19)  # one draw: a (2**19, 4) intermediate, 8 MiB, over a 1 MiB budget
-    with pytest.warns(ReplayMemoryWarning, match="one draw at a time"):
-        stats = {}
-        out = map_draws(fn, draws, jax.random.key(0), data, memory_budget=2**20, stats=stats)
-    assert stats["chunk_size"] == 1 and out["y"].shape == (1, 3, 2**19)
 
 
 def test_peak_live_bytes_counts_intermediates_not_outputs():

@@ -1,0 +1,329 @@
+"""Replaying a NumPyro model at posterior draws, in chunks of draws within a memory budget.
+
+Three parts of the package run the user's model again at draws it has already made:
+:mod:`numpyro_smile.evaluation` (test metrics and predictions on held-out data),
+:mod:`numpyro_smile.inference_data` (the ``posterior`` constrained, ``log_likelihood`` and
+``posterior_predictive`` over the full data) and :mod:`numpyro_smile.ensemble` (validation
+losses during pretraining, the chunk size of the sampling loop). This module owns what they
+share, and nothing here imports ArviZ or xarray:
+
+* tracing a model with its latent sites set to one draw (:func:`trace_model`);
+* mapping a function over every (member, draw) pair in chunks whose estimated peak memory,
+  intermediate activations included, fits a budget, onto host memory (:func:`map_draws`,
+  :class:`ReplayMemoryWarning`, :data:`CHUNK_ELEMENTS`);
+* the per-draw functions replayed that way: pointwise log-likelihoods and predictive
+  replicates of the observed sites (:func:`observations_fn`, :func:`observed_sites`,
+  :func:`likelihood_view`) and constrained latent values (:func:`constrain_draws`);
+* reading a model's structure from a cheap trace: the sites a posterior holds
+  (:func:`posterior_site_names`), those on the real line (:func:`identity_sites`) and the
+  names of each site's axes (:func:`site_dims`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, biject_to
+from numpyro.infer.util import constrain_fn
+
+from numpyro_smile import memory, minibatch
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "ReplayMemoryWarning",
+    "constrain_draws",
+    "identity_sites",
+    "likelihood_view",
+    "map_draws",
+    "observations_fn",
+    "observed_sites",
+    "posterior_site_names",
+    "site_dims",
+    "trace_model",
+]
+
+#: Elements (float32: 4 bytes each) of draws per chunk of the sampling loop: 2**24 is 64 MiB.
+#: (Replays size their chunks by their peak memory instead: ``map_draws``.)
+CHUNK_ELEMENTS = 2**24
+
+
+def trace_model(
+    model: Callable,
+    params: dict,
+    model_args: tuple,
+    model_kwargs: dict,
+    rng_key=None,
+    *,
+    prior_draws: bool = True,
+) -> dict:
+    """The trace of ``model`` with its latent sites set to the constrained ``params``.
+
+    Latent sites missing from ``params`` are drawn from their priors, or, with
+    ``prior_draws=False`` (traces read for their structure: names, supports, shapes), set to
+    ``init_to_uniform`` values, which improper priors allow.
+    """
+    seeded = handlers.seed(
+        handlers.substitute(model, data=params), rng_seed=0 if rng_key is None else rng_key
+    )
+    if not prior_draws:
+        seeded = minibatch.without_prior_draws(seeded)
+    return handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
+
+
+class ReplayMemoryWarning(UserWarning):
+    """One draw's replay needs more memory than the budget allows (it runs anyway)."""
+
+
+def map_draws(
+    fn: Callable,
+    draws: dict,
+    rng_key: jax.Array,
+    *extra: Any,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    stats: dict | None = None,
+) -> dict:
+    """Apply ``fn(draw, key, *extra) -> pytree`` to every draw, in chunks, onto host memory.
+
+    Args:
+        fn: a function of one draw (a dict of arrays without the leading axes) and a key.
+        draws: dict of host or device arrays with leading ``(K, S)`` (members, draws).
+        rng_key: base key; draw (k, s) gets ``fold_in(fold_in(rng_key, k), s)``, so results do
+            not depend on the chunk size.
+        extra: arrays passed to every call (e.g. the data), as jit arguments.
+        chunk_size: (member, draw) pairs per chunk. Default: as many as fit ``memory_budget``
+            at the chunk's peak, intermediate activations included
+            (:func:`numpyro_smile.memory.peak_live_bytes`). The last chunk is padded, so ``fn``
+            is compiled exactly once.
+        memory_budget: bytes one chunk may hold at its peak (default
+            :data:`numpyro_smile.memory.DEFAULT_REPLAY_BUDGET`, 256 MiB). When a single draw
+            needs more, chunks hold one draw and a :class:`ReplayMemoryWarning` says so.
+        stats: a dict to receive ``chunk_size``, ``num_chunks`` and ``chunk_peak_bytes`` (the
+            estimated peak of one chunk).
+
+    Returns:
+        ``fn``'s output tree with leading ``(K, S)``, as NumPy arrays.
+    """
+    budget = memory.check_budget(memory_budget)
+    num_members, num_draws = jax.tree.leaves(draws)[0].shape[:2]
+    total = num_members * num_draws
+    # (member, draw) pairs in one flat axis: a chunk may hold fewer draws than members.
+    flat = jax.tree.map(lambda a: a.reshape(total, *a.shape[2:]), draws)
+
+    def run_chunk(chunk, members, draw_ids, key, *extra):
+        def per_draw(draw, member, draw_id):
+            return fn(draw, jax.random.fold_in(jax.random.fold_in(key, member), draw_id), *extra)
+
+        return jax.vmap(per_draw)(chunk, members, draw_ids)
+
+    def chunk_peak(size: int) -> int:
+        chunk = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *a.shape[1:]), a.dtype), flat)
+        ids = jax.ShapeDtypeStruct((size,), jnp.int32)
+        return memory.peak_live_bytes(run_chunk, chunk, ids, ids, rng_key, *extra)
+
+    if chunk_size is None:
+        # A vmapped program's peak grows linearly with the draws: fixed + per_draw * chunk.
+        one, two = chunk_peak(1), chunk_peak(2)
+        per_draw, fixed = max(1, two - one), max(0, 2 * one - two)
+        # Headroom for what the estimate cannot see (allocator rounding, runtime scratch).
+        chunk_size = max(1, (int(memory.HEADROOM * budget) - fixed) // per_draw)
+        chunk_size = int(min(chunk_size, total))
+        estimate = fixed + per_draw * chunk_size
+        if one > budget:
+            warnings.warn(
+                f"Replaying one draw on all data points needs about {one / 2**20:.0f} MiB "
+                f"(intermediate activations included), more than the memory budget of "
+                f"{budget / 2**20:.0f} MiB; it runs one draw at a time. Raise memory_budget, "
+                "or use fewer data points per call (log_likelihood=m, or evaluate/predict on "
+                "parts of the test set).",
+                ReplayMemoryWarning,
+                stacklevel=2,
+            )
+    else:
+        chunk_size = int(min(chunk_size, total))
+        estimate = chunk_peak(chunk_size) if stats is not None else None
+    if stats is not None:
+        stats.update(
+            chunk_size=chunk_size, num_chunks=-(-total // chunk_size), chunk_peak_bytes=estimate
+        )
+
+    compiled = jax.jit(run_chunk)
+    out = None
+    for start in range(0, total, chunk_size):
+        size = min(chunk_size, total - start)
+        ids = np.minimum(np.arange(start, start + chunk_size), total - 1)
+        chunk = jax.tree.map(lambda a, ids=ids: a[ids], flat)
+        members, draw_ids = np.divmod(ids, num_draws)
+        result = jax.device_get(
+            compiled(
+                chunk,
+                jnp.asarray(members, jnp.int32),
+                jnp.asarray(draw_ids, jnp.int32),
+                rng_key,
+                *extra,
+            )
+        )
+        if out is None:
+            out = jax.tree.map(lambda a: np.empty((total, *a.shape[1:]), a.dtype), result)
+        for dest, src in zip(jax.tree.leaves(out), jax.tree.leaves(result)):
+            dest[start : start + size] = src[:size]
+    return jax.tree.map(lambda a: a.reshape(num_members, num_draws, *a.shape[1:]), out)
+
+
+def observations_fn(
+    model: Callable, model_args: tuple, model_kwargs: dict, predictive: bool
+) -> Callable:
+    """``(params, key) -> {"log_likelihood": {site: (n...)}, "posterior_predictive": {...}}``.
+
+    Per observed site: the pointwise log-density of the observed values and, when
+    ``predictive``, one draw from the site's distribution (a posterior-predictive replicate).
+    ``params`` are constrained latent values; ``model`` is a full-data (or subset) view.
+    """
+
+    def observations(params, key):
+        model_trace = trace_model(model, params, model_args, model_kwargs, key)
+        log_likelihood, replicates = {}, {}
+        for i, (name, site) in enumerate(observed_sites(model_trace).items()):
+            value = site["value"]
+            log_likelihood[name] = site["fn"].log_prob(value)
+            if predictive:
+                batch_ndim = jnp.ndim(value) - len(site["fn"].event_shape)
+                site_fn = site["fn"].expand(jnp.shape(value)[:batch_ndim])
+                replicates[name] = site_fn.sample(jax.random.fold_in(key, i))
+        return {"log_likelihood": log_likelihood, "posterior_predictive": replicates}
+
+    return observations
+
+
+def observed_sites(model_trace: dict) -> dict:
+    """``{name: site}`` of the observed sample sites of ``model_trace``, in trace order."""
+    return {
+        name: site
+        for name, site in model_trace.items()
+        if site["type"] == "sample" and site["is_observed"]
+    }
+
+
+def posterior_site_names(
+    model: Callable, model_args: tuple, model_kwargs: dict, subsample_plates: dict
+) -> list[str]:
+    """Latent sites and the deterministic sites outside every subsample plate.
+
+    Deterministic sites inside a subsample plate are per data point (K x S x N numbers) and
+    are left out of ``posterior``: replay them on the data you need with
+    ``numpyro.infer.Predictive`` on the full-data view.
+    """
+    model_trace = trace_model(
+        _one_point_view(model, subsample_plates), {}, model_args, model_kwargs, prior_draws=False
+    )
+    names = []
+    for name, site in model_trace.items():
+        frames = {frame.name for frame in site.get("cond_indep_stack", ())}
+        if site["type"] == "sample" and not site["is_observed"]:
+            names.append(name)
+        elif site["type"] == "deterministic" and not frames & set(subsample_plates):
+            names.append(name)
+    return names
+
+
+def identity_sites(
+    model: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+    subsample_plates: dict,
+    names: list[str],
+) -> set[str]:
+    """The latent sites among ``names`` whose support is the real line (or a product of it):
+    their unconstrained and constrained values are the same arrays."""
+    model_trace = trace_model(
+        _one_point_view(model, subsample_plates), {}, model_args, model_kwargs, prior_draws=False
+    )
+    unchanged = set()
+    for name in names:
+        site = model_trace[name]
+        if site["type"] != "sample":
+            continue
+        transform = biject_to(site["fn"].support)
+        while isinstance(transform, IndependentTransform):
+            transform = transform.base_transform
+        if isinstance(transform, IdentityTransform):
+            unchanged.add(name)
+    return unchanged
+
+
+def _one_point_view(model: Callable, subsample_plates: dict) -> Callable:
+    """The model on a one-point batch of every subsample plate (cheap to replay)."""
+    return minibatch.fixed_indices_model(
+        model, {name: jnp.arange(1) for name in subsample_plates}, suffix="_one_point"
+    )
+
+
+def constrain_draws(
+    model: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+    subsample_plates: dict,
+    names: list[str],
+) -> Callable:
+    """``(unconstrained, key) -> {name: constrained value}`` for the given site ``names``.
+
+    The model runs on a one-point batch per plate, so this costs no full-data pass.
+    """
+    one_point = _one_point_view(model, subsample_plates)
+
+    def constrain(z, key):
+        del key
+        values = constrain_fn(one_point, model_args, model_kwargs, z, return_deterministic=True)
+        return {name: values[name] for name in names}
+
+    return constrain
+
+
+def site_dims(model_trace: dict, names) -> dict[str, list[str]]:
+    """ArviZ dims of each site's value: plate axes are named after their plate."""
+    dims = {}
+    for name in names:
+        site = model_trace[name]
+        value = site["value"]
+        ndim = jnp.ndim(value)
+        event_dim = len(site["fn"].event_shape) if site["type"] == "sample" else 0
+        names_ = [f"{name}_dim_{i}" for i in range(ndim)]
+        for frame in site.get("cond_indep_stack", ()):
+            axis = ndim - event_dim + frame.dim
+            if 0 <= axis < ndim:
+                names_[axis] = frame.name
+        if ndim:
+            dims[name] = names_
+    return dims
+
+
+def likelihood_view(
+    model: Callable, subsample_plates: dict, log_likelihood: bool | int, rng_key: jax.Array
+) -> tuple[Callable, dict[str, np.ndarray]]:
+    """The model view replayed for ``log_likelihood``/``posterior_predictive``, and coords.
+
+    ``log_likelihood`` True or False (or a model without subsample plates): the full-data
+    view and no coordinates. An int m: every subsample plate sees a fixed random subset of
+    ``min(m, N)`` of its points (sorted, drawn with ``rng_key``), whose indices are returned as
+    ``{plate: indices}`` coordinates.
+    """
+    if log_likelihood is True or log_likelihood is False or not subsample_plates:
+        return minibatch.full_data_model(model, subsample_plates), {}
+    size = int(log_likelihood)
+    if size < 1:
+        raise ValueError(f"log_likelihood must be True, False or a positive int, got {size}.")
+    indices, coords = {}, {}
+    for key, (name, plate) in zip(
+        jax.random.split(rng_key, len(subsample_plates)), subsample_plates.items()
+    ):
+        chosen = np.sort(
+            np.asarray(jax.random.choice(key, plate.size, (min(size, plate.size),), replace=False))
+        )
+        indices[name], coords[name] = jnp.asarray(chosen), chosen
+    return minibatch.fixed_indices_model(model, indices), coords
