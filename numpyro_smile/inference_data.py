@@ -29,7 +29,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, biject_to
 from numpyro.infer.util import constrain_fn
 
-from numpyro_smile import memory, minibatch
+from numpyro_smile import memory, model_views
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -68,7 +68,7 @@ def trace_model(
         handlers.substitute(model, data=params), rng_seed=0 if rng_key is None else rng_key
     )
     if not prior_draws:
-        seeded = minibatch.without_prior_draws(seeded)
+        seeded = model_views.without_prior_draws(seeded)
     return handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
 
 
@@ -254,7 +254,7 @@ def identity_sites(
 
 def _one_point_view(model: Callable, subsample_plates: dict) -> Callable:
     """The model on a one-point batch of every subsample plate (cheap to replay)."""
-    return minibatch.fixed_indices_model(
+    return model_views.fixed_indices_model(
         model, {name: jnp.arange(1) for name in subsample_plates}, suffix="_one_point"
     )
 
@@ -353,7 +353,7 @@ def to_inference_data(
     draw per member, constrained) and ``pretraining`` (loss curves over ``epoch``).
     """
     key_ll, key_subset = jax.random.split(rng_key)
-    arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
+    arrays, bind = model_views.split_model_args(model_args, model_kwargs)
     names = posterior_site_names(model, model_args, model_kwargs, subsample_plates)
 
     # Sites on the real line are their own unconstrained values: reuse those host arrays
@@ -385,7 +385,7 @@ def to_inference_data(
         )
 
     # Observed sites and dims from one full-data trace.
-    full_view = minibatch.full_data_model(model, subsample_plates)
+    full_view = model_views.full_data_model(model, subsample_plates)
     first = jax.tree.map(lambda a: np.asarray(a)[0, 0], posterior)
     full_trace = trace_model(full_view, first, model_args, model_kwargs)
     observed = _observed_sites(full_trace)
@@ -438,7 +438,7 @@ def to_inference_data(
 def _likelihood_view(model, subsample_plates, log_likelihood, rng_key):
     """The model view replayed for ``log_likelihood``/``posterior_predictive``, and coords."""
     if log_likelihood is True or log_likelihood is False or not subsample_plates:
-        return minibatch.full_data_model(model, subsample_plates), {}
+        return model_views.full_data_model(model, subsample_plates), {}
     size = int(log_likelihood)
     if size < 1:
         raise ValueError(f"log_likelihood must be True, False or a positive int, got {size}.")
@@ -450,7 +450,7 @@ def _likelihood_view(model, subsample_plates, log_likelihood, rng_key):
             np.asarray(jax.random.choice(key, plate.size, (min(size, plate.size),), replace=False))
         )
         indices[name], coords[name] = jnp.asarray(chosen), chosen
-    return minibatch.fixed_indices_model(model, indices), coords
+    return model_views.fixed_indices_model(model, indices), coords
 
 
 def _pretraining_dataset(pretraining: dict) -> xr.Dataset:
