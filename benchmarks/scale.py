@@ -9,7 +9,7 @@ Three measurements, all float32 (the default), 4 chains vectorized, mini-batches
    steps, interleaved across N so that machine noise hits every N alike. Reported: the median
    time per step and its ratio to N = 10^4 (goal: <= 1.2 at N = 10^6).
 2. **Batch schedule.** The epoch schedule's batches (a keyed permutation evaluated at the B
-   positions needed, ``minibatch.batch_schedule_next``) cost the same at every N: nothing
+   positions needed, ``batching.schedule_next``) cost the same at every N: nothing
    O(N) happens at an epoch boundary (the permutation is never materialised), against an
    O(N) ``jax.random.permutation`` per epoch, amortised over its N / B batches.
 3. **Memory.** One subprocess per (N, draws): ``MCMC(SMILE(model)).run`` on the linear
@@ -50,7 +50,7 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC
 
 from benchmarks.step_overhead import mlp_regression
-from numpyro_smile import SMILE, minibatch
+from numpyro_smile import SMILE, batching
 
 BATCH, NUM_CHAINS = 256, 4
 SIZES = (10_000, 100_000, 1_000_000)
@@ -154,9 +154,9 @@ def batch_schedule_times(steps: int, repeats: int) -> list[dict]:
     state and O(B) work where a materialised permutation would be 400 MB per chain."""
     rows = []
     for size in (*SIZES, 100_000_000):
-        plate = minibatch.PlateInfo(size, BATCH)
+        plate = batching.PlateInfo(size, BATCH)
         plates = (("N", plate),)
-        schedules = jax.vmap(partial(minibatch.batch_schedules_init, plates, schedule="epoch"))(
+        schedules = jax.vmap(partial(batching.schedules_init, plates, kind="epoch"))(
             jax.random.split(jax.random.key(0), NUM_CHAINS)
         )
 
@@ -164,7 +164,7 @@ def batch_schedule_times(steps: int, repeats: int) -> list[dict]:
         def run(schedules, key, plates=plates):
             def body(i, carry):
                 schedules, acc = carry
-                schedules, idx = minibatch.next_batches(
+                schedules, idx = batching.schedules_next(
                     plates, schedules, jax.random.fold_in(key, i), NUM_CHAINS
                 )
                 return schedules, acc + idx["N"].sum()

@@ -36,8 +36,7 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC
 from numpyro.infer.util import initialize_model
 
-from numpyro_smile import SMILE
-from numpyro_smile import minibatch as mb
+from numpyro_smile import SMILE, model_views
 
 N, D_IN, HIDDEN, BATCH, NUM_CHAINS = 100_000, 10, 32, 256, 4
 
@@ -81,10 +80,10 @@ def _time(fn, *args, repeats: int) -> float:
 def raw_loop(X, y, num_steps: int):
     """The floor: per step, B random indices and 2 mini-batch value-and-grads per chain."""
     kwargs = {"subsample_size": BATCH}
-    first_batch = {mb.SUBSAMPLE_KWARG: {"data": jnp.arange(BATCH)}}
+    first_batch = {model_views.SUBSAMPLE_KWARG: {"data": jnp.arange(BATCH)}}
     info = initialize_model(
         jax.random.key(0),
-        partial(mb.subsample_model, mlp_regression),
+        partial(model_views.subsample_model, mlp_regression),
         dynamic_args=True,
         model_args=(X, y),
         model_kwargs={**kwargs, **first_batch},
@@ -92,7 +91,7 @@ def raw_loop(X, y, num_steps: int):
     z0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (NUM_CHAINS, *a.shape)), info.param_info.z)
 
     def potential(z, idx):
-        return info.potential_fn(X, y, **kwargs, **{mb.SUBSAMPLE_KWARG: {"data": idx}})(z)
+        return info.potential_fn(X, y, **kwargs, **{model_views.SUBSAMPLE_KWARG: {"data": idx}})(z)
 
     value_and_grad = jax.vmap(jax.value_and_grad(potential))
 

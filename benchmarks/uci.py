@@ -50,7 +50,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_smile import SMILEEnsemble, evaluate, memory, minibatch, replay
+from numpyro_smile import SMILEEnsemble, batching, evaluate, memory, model_views, replay
 from numpyro_smile.datasets import load_table, split_standardize
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY
 from numpyro_smile.models import mlp_classification, mlp_regression
@@ -246,32 +246,23 @@ def run_nuts(problem: Problem, de_params: dict, de: dict) -> dict:
     }
 
 
-def _flat_logdensity(problem: Problem, de_params: dict):
-    plates = minibatch.inspect_model(problem.model, problem.split.train, {})
-    info = minibatch.initialize_subsampled_model(
-        jax.random.key(0), problem.model, plates, DEFAULT_INIT_STRATEGY, problem.split.train, {},
-        shapes_only=True,
-    )  # fmt: skip
-    first = jax.tree.map(lambda a: a[0], de_params)
-    unravel = ravel_pytree(first)[1]
-    arrays, bind = minibatch.split_model_args(problem.split.train, {})
-
-    potential = minibatch.flat_potential(info.potential_fn, unravel, bind)
-
-    def logdensity(x, indices, arrays):
-        return -potential(x, indices, arrays)
-
-    positions = jax.vmap(lambda z: ravel_pytree(z)[0])(de_params)
-    return logdensity, unravel, positions, tuple(plates.items()), arrays
-
-
 def run_sg(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
     """SGLD or SGHMC (BlackJAX kernels) with a validation-chosen step size."""
     import blackjax.sgmcmc.sghmc as sghmc
     import blackjax.sgmcmc.sgld as sgld
 
     budget = problem.budget
-    logdensity, unravel, positions, plates, arrays = _flat_logdensity(problem, de_params)
+    train = problem.split.train
+    plates = model_views.inspect_model(problem.model, train, {})
+    info = model_views.initialize_subsampled_model(
+        jax.random.key(0), problem.model, plates, DEFAULT_INIT_STRATEGY, train, {},
+        shapes_only=True,
+    )  # fmt: skip
+    plates = tuple(plates.items())
+    unravel = ravel_pytree(jax.tree.map(lambda a: a[0], de_params))[1]
+    positions = jax.vmap(lambda z: ravel_pytree(z)[0])(de_params)
+    arrays, bind = model_views.split_model_args(train, {})
+    potential = model_views.flat_potential(info.potential_fn, unravel, bind)
     grads_per_step = 1 if method == "sgld" else SGHMC_STEPS
     # the same number of mini-batch gradients as psmile (two per McLachlan step)
     warmup = max(1, 2 * budget["warmup"] // grads_per_step)
@@ -281,13 +272,16 @@ def run_sg(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
     kernel = sgld.build_kernel() if method == "sgld" else sghmc.build_kernel()
 
     def chain(x, key, step_size, arrays):
+        def logdensity(x, indices, arrays):
+            return -potential(x, indices, arrays)
+
         def grad_estimator(position, indices):
             return jax.grad(logdensity)(position, indices, arrays)
 
         def step(carry, key):
             x, schedules = carry
             key_batch, key_step = jax.random.split(key)
-            schedules, indices = minibatch.next_batches(plates, schedules, key_batch)
+            schedules, indices = batching.schedules_next(plates, schedules, key_batch)
             if method == "sgld":
                 x = kernel(key_step, x, grad_estimator, indices, step_size)
             else:
@@ -295,7 +289,7 @@ def run_sg(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
             return (x, schedules), None
 
         key_schedule, key_warmup, key_sampling = jax.random.split(key, 3)
-        carry = (x, minibatch.batch_schedules_init(plates, key_schedule, "epoch"))
+        carry = (x, batching.schedules_init(plates, key_schedule, "epoch"))
         carry, _ = jax.lax.scan(step, carry, jax.random.split(key_warmup, warmup))
 
         def draw(carry, key):
@@ -347,7 +341,7 @@ def _draws_to_idata(problem: Problem, xs, unravel) -> az.InferenceData | None:
         return None
     z = jax.vmap(jax.vmap(unravel))(jnp.asarray(xs))
     train = problem.split.train
-    plates = minibatch.inspect_model(problem.model, train, {})
+    plates = model_views.inspect_model(problem.model, train, {})
     names = replay.posterior_site_names(problem.model, train, {}, plates)
     constrain = replay.constrain_draws(problem.model, train, {}, plates, names)
     posterior = replay.map_draws(constrain, z, jax.random.key(0))

@@ -5,7 +5,7 @@ from numpyro_smile.diagnostics import ResetWarning, check_resets
 from numpyro_smile.ensemble import SMILEEnsemble
 from numpyro_smile.evaluation import evaluate, predict
 from numpyro_smile.kernel import SMILE, SMILEState
-from numpyro_smile.minibatch import ModelError
+from numpyro_smile.model_views import ModelError
 
 __all__ = [
     "SMILE",

@@ -44,12 +44,13 @@ from numpyro.infer.util import constrain_fn
 from numpyro.util import is_prng_key
 
 from numpyro_smile import (
+    batching,
     checkpoint,
     diagnostics,
     evaluation,
     inference_data,
     memory,
-    minibatch,
+    model_views,
     pretrain,
     replay,
     tuning,
@@ -209,7 +210,7 @@ class SMILEEnsemble:
         self.pretrained_params: dict | None = None
         self.post_warmup_state: SMILEState | None = None
         self._advance = None
-        self._plates: dict[str, minibatch.PlateInfo] = {}
+        self._plates: dict[str, batching.PlateInfo] = {}
         self._pretraining: dict = {}
         self._kernel_num_warmup = num_warmup  # the warmup length the kernel is built with
         self._stop_after_warmup = False
@@ -220,7 +221,7 @@ class SMILEEnsemble:
         return self._model
 
     @property
-    def subsample_plates(self) -> dict[str, minibatch.PlateInfo]:
+    def subsample_plates(self) -> dict[str, batching.PlateInfo]:
         """``{name: PlateInfo(N, B)}`` of the training data, found by :meth:`run`."""
         return dict(self._plates)
 
@@ -276,8 +277,8 @@ class SMILEEnsemble:
             return self._resume(rng_key, resume_from, model_args, model_kwargs)
         start = time.perf_counter()
         self.timings = {"compile_s": 0.0}
-        minibatch.check_finite_data(model_args, model_kwargs)
-        self._plates = minibatch.inspect_model(self._model, model_args, model_kwargs)
+        model_views.check_finite_data(model_args, model_kwargs)
+        self._plates = model_views.inspect_model(self._model, model_args, model_kwargs)
         validation_loss = None
         if validation is not None:
             if not isinstance(validation, (tuple, list)):
@@ -287,7 +288,7 @@ class SMILEEnsemble:
                 )
             validation_loss = self._validation_loss_fn(tuple(validation), model_kwargs)
         mesh = _member_mesh(self.devices, self.num_members)
-        arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
+        arrays, bind = model_views.split_model_args(model_args, model_kwargs)
         arrays = _replicate(arrays, mesh)
         key_init, key_pretrain, key_chains, key_post = jax.random.split(rng_key, 4)
 
@@ -430,7 +431,7 @@ class SMILEEnsemble:
     def _model_info(self, key, model_args, model_kwargs, shapes_only: bool):
         """NumPyro's model info (potential, transforms) and, unless ``shapes_only``, one
         initial point per member from the init strategy."""
-        return minibatch.initialize_subsampled_model(
+        return model_views.initialize_subsampled_model(
             jax.random.split(key, self.num_members),
             self._model,
             self._plates,
@@ -447,8 +448,8 @@ class SMILEEnsemble:
         """``run(..., resume_from=...)``: restore the chains, finish warmup, sample."""
         start = time.perf_counter()
         self.timings = {"compile_s": 0.0}
-        minibatch.check_finite_data(model_args, model_kwargs)
-        self._plates = minibatch.inspect_model(self._model, model_args, model_kwargs)
+        model_views.check_finite_data(model_args, model_kwargs)
+        self._plates = model_views.inspect_model(self._model, model_args, model_kwargs)
         if isinstance(resume_from, SMILEState):  # with this ensemble's metadata
             saved = self._checkpoint_of(resume_from)
         elif isinstance(resume_from, checkpoint.EnsembleCheckpoint):
@@ -467,7 +468,7 @@ class SMILEEnsemble:
             kernel_kwargs=self.kernel_kwargs,
         )
         mesh = _member_mesh(self.devices, self.num_members)
-        arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
+        arrays, bind = model_views.split_model_args(model_args, model_kwargs)
         arrays = _replicate(arrays, mesh)
         self.pretrained_params = saved.pretrained_params
         self._pretraining = dict(saved.pretraining)
@@ -505,20 +506,20 @@ class SMILEEnsemble:
     def _pretrain_length(self) -> int:
         return self.pretrain_epochs if self.pretrain_steps is None else self.pretrain_steps
 
-    def _pretrain_plates(self) -> tuple[tuple[str, minibatch.PlateInfo], ...]:
+    def _pretrain_plates(self) -> tuple[tuple[str, batching.PlateInfo], ...]:
         plates = []
         for name, plate in self._plates.items():
             batch = self.pretrain_batch_size or plate.subsample_size
-            plates.append((name, minibatch.PlateInfo(plate.size, min(batch, plate.size))))
+            plates.append((name, batching.PlateInfo(plate.size, min(batch, plate.size))))
         return tuple(plates)
 
     def _validation_loss_fn(self, validation_args: tuple, model_kwargs: dict) -> tuple:
         """``(loss, arrays)``: ``loss(x, unravel, arrays)`` is the mean negative
         log-likelihood per held-out point of the flat parameters ``x``."""
-        minibatch.check_finite_data(validation_args, model_kwargs)
-        plates = minibatch.inspect_model(self._model, validation_args, model_kwargs, check=False)
-        view = minibatch.full_data_model(self._model, plates)
-        arrays, bind = minibatch.split_model_args(validation_args, model_kwargs)
+        model_views.check_finite_data(validation_args, model_kwargs)
+        plates = model_views.inspect_model(self._model, validation_args, model_kwargs, check=False)
+        view = model_views.full_data_model(self._model, plates)
+        arrays, bind = model_views.split_model_args(validation_args, model_kwargs)
 
         def validation_loss(x, unravel, arrays):
             args, kwargs = bind(arrays)
@@ -561,7 +562,7 @@ class SMILEEnsemble:
         validation_arrays = _replicate(validation_arrays, mesh)
         chunk = max(1, math.ceil(num_epochs / PROGRESS_CHUNKS))
 
-        potential = minibatch.flat_potential(potential_gen, unravel, bind)
+        potential = model_views.flat_potential(potential_gen, unravel, bind)
 
         def loss_fn(x, indices, arrays):
             return potential(x, indices, arrays) / num_data
@@ -618,7 +619,7 @@ class SMILEEnsemble:
         and the chains' initial state; ``shapes_only``: only its shapes (to resume a state)."""
         model = self._model
         if self.full_batch and self._plates:
-            model = minibatch.full_data_model(self._model, self._plates)
+            model = model_views.full_data_model(self._model, self._plates)
         # The papers' recipe: MILE's energy-variance schedule, unless kernel_kwargs says else.
         kernel_kwargs = {"desired_energy_var": tuning.MILE_ENERGY_VAR, **self.kernel_kwargs}
         self.kernel = SMILE(model, init_strategy=self.init_strategy, **kernel_kwargs)

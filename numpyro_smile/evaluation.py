@@ -26,7 +26,7 @@ import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
-from numpyro_smile import minibatch, replay
+from numpyro_smile import model_views, replay
 
 __all__ = ["evaluate", "expected_calibration_error", "lppd", "predict"]
 
@@ -193,9 +193,9 @@ def _pointwise(
     """Replay every draw of ``idata[group]`` on the data and collect what the metrics need."""
     if group not in idata.groups():
         raise ValueError(f"idata has no {group!r} group; it has {idata.groups()}.")
-    minibatch.check_finite_data(model_args, model_kwargs)
-    plates = minibatch.inspect_model(model, model_args, model_kwargs, check=False)
-    view = minibatch.full_data_model(model, plates)
+    model_views.check_finite_data(model_args, model_kwargs)
+    plates = model_views.inspect_model(model, model_args, model_kwargs, check=False)
+    view = model_views.full_data_model(model, plates)
     dataset = idata[group]
     prior_trace = replay.trace_model(view, {}, model_args, model_kwargs, prior_draws=False)
     latent = [
@@ -225,7 +225,7 @@ def _pointwise(
     has_cdf = (
         has_observations and not fn.support.is_discrete and _has_cdf(fn, prior_trace[site]["value"])
     )
-    arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
+    arrays, bind = model_views.split_model_args(model_args, model_kwargs)
 
     def per_draw(params, key, *arrays):
         args, kwargs = bind(arrays)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import xarray as xr
 
-from numpyro_smile import minibatch
+from numpyro_smile import model_views
 from numpyro_smile._version import __version__
 from numpyro_smile.replay import (
     constrain_draws,
@@ -99,7 +99,7 @@ def to_inference_data(
     draw per member, constrained) and ``pretraining`` (loss curves over ``epoch``).
     """
     key_ll, key_subset = jax.random.split(rng_key)
-    arrays, bind = minibatch.split_model_args(model_args, model_kwargs)
+    arrays, bind = model_views.split_model_args(model_args, model_kwargs)
     names = posterior_site_names(model, model_args, model_kwargs, subsample_plates)
 
     # Sites on the real line are their own unconstrained values: reuse those host arrays
@@ -131,7 +131,7 @@ def to_inference_data(
         )
 
     # Observed sites and dims from one full-data trace.
-    full_view = minibatch.full_data_model(model, subsample_plates)
+    full_view = model_views.full_data_model(model, subsample_plates)
     first = jax.tree.map(lambda a: np.asarray(a)[0, 0], posterior)
     full_trace = trace_model(full_view, first, model_args, model_kwargs)
     observed = observed_sites(full_trace)

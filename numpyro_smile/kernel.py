@@ -38,7 +38,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import potential_energy
 from numpyro.util import identity, is_prng_key
 
-from numpyro_smile import dynamics, minibatch, tuning
+from numpyro_smile import batching, dynamics, model_views, tuning
 
 __all__ = ["SMILE", "SMILEState"]
 
@@ -274,7 +274,7 @@ def _transition(
     needed (under ``vmap`` a ``cond`` on batched values evaluates both branches every step).
     """
     key, key_batch, key_chains, key_redirect = jax.random.split(state.rng_key, 4)
-    batches, indices = minibatch.next_batches(config.plates, state.batches, key_batch, num_chains)
+    batches, indices = batching.schedules_next(config.plates, state.batches, key_batch, num_chains)
     state = state._replace(batches=batches)
     per_datum = None
     if logdensity_terms_fn is not None:
@@ -522,10 +522,9 @@ class SMILE(MCMCKernel):
             raise ValueError(
                 f"integrator must be one of {sorted(dynamics.INTEGRATORS)}, got {integrator!r}."
             )
-        if batch_schedule not in minibatch.BATCH_SCHEDULES:
+        if batch_schedule not in batching.BATCH_SCHEDULES:
             raise ValueError(
-                f"batch_schedule must be one of {minibatch.BATCH_SCHEDULES}, "
-                f"got {batch_schedule!r}."
+                f"batch_schedule must be one of {batching.BATCH_SCHEDULES}, got {batch_schedule!r}."
             )
         if not 0 < reset_quantile <= 1:
             raise ValueError(f"reset_quantile must be in (0, 1], got {reset_quantile!r}.")
@@ -569,8 +568,8 @@ class SMILE(MCMCKernel):
         self._pretrain_steps = int(pretrain_steps)
         self._pretrain_learning_rate = pretrain_learning_rate
         self._batch_schedule = batch_schedule
-        self._plates: dict[str, minibatch.PlateInfo] = (
-            {"data": minibatch.PlateInfo(data_size, subsample_size)}
+        self._plates: dict[str, batching.PlateInfo] = (
+            {"data": batching.PlateInfo(data_size, subsample_size)}
             if data_size is not None and subsample_size < data_size
             else {}
         )
@@ -591,10 +590,10 @@ class SMILE(MCMCKernel):
         """
         if self._model is None or not self._plates:
             return self._model
-        return minibatch.full_data_model(self._model, self._plates)
+        return model_views.full_data_model(self._model, self._plates)
 
     @property
-    def subsample_plates(self) -> dict[str, minibatch.PlateInfo]:
+    def subsample_plates(self) -> dict[str, batching.PlateInfo]:
         """``{name: PlateInfo(N, B)}`` found at ``init`` (empty: full-batch mode)."""
         return dict(self._plates)
 
@@ -623,7 +622,7 @@ class SMILE(MCMCKernel):
             return identity
         return self._postprocess_fn_gen(
             *model_args,
-            **self._with_indices(model_kwargs, minibatch.full_data_indices(self._plates)),
+            **self._with_indices(model_kwargs, batching.full_data_indices(self._plates)),
         )
 
     @property
@@ -656,7 +655,7 @@ class SMILE(MCMCKernel):
     def _with_indices(self, model_kwargs: dict, indices: dict) -> dict:
         if not self._plates:
             return model_kwargs
-        return {**model_kwargs, minibatch.SUBSAMPLE_KWARG: indices}
+        return {**model_kwargs, model_views.SUBSAMPLE_KWARG: indices}
 
     def _logdensity_fn(self, model_args, model_kwargs) -> Callable:
         """``(x, indices) -> log p`` on flat parameters for the given data."""
@@ -678,7 +677,7 @@ class SMILE(MCMCKernel):
         if self._model is None or self._plates:
             return None
         model, unravel = self._model, self._unravel
-        return lambda x: minibatch.log_density_terms(model, model_args, model_kwargs, unravel(x))
+        return lambda x: model_views.log_density_terms(model, model_args, model_kwargs, unravel(x))
 
     def init(
         self,
@@ -701,12 +700,12 @@ class SMILE(MCMCKernel):
         model_kwargs = dict(model_kwargs or {})
         first_key = rng_key[0] if self._vectorized else rng_key
         if self._model is not None:
-            if minibatch.SUBSAMPLE_KWARG in model_kwargs:
-                raise ValueError(f"{minibatch.SUBSAMPLE_KWARG!r} is a reserved keyword of SMILE.")
-            minibatch.check_finite_data(model_args, model_kwargs)
-            self._plates = minibatch.inspect_model(self._model, model_args, model_kwargs)
+            if model_views.SUBSAMPLE_KWARG in model_kwargs:
+                raise ValueError(f"{model_views.SUBSAMPLE_KWARG!r} is a reserved keyword of SMILE.")
+            model_views.check_finite_data(model_args, model_kwargs)
+            self._plates = model_views.inspect_model(self._model, model_args, model_kwargs)
             init_keys = rng_key if (self._vectorized and init_params is None) else first_key
-            model_info = minibatch.initialize_subsampled_model(
+            model_info = model_views.initialize_subsampled_model(
                 init_keys,
                 self._model,
                 self._plates,
@@ -805,7 +804,7 @@ class SMILE(MCMCKernel):
 
         def step(carry, key):
             x, opt_state, batches = carry
-            batches, indices = minibatch.next_batches(config.plates, batches, key)
+            batches, indices = batching.schedules_next(config.plates, batches, key)
             grad = -_value_and_grad(config, logdensity_fn, indices)(x)[1]
             updates, opt_state = optimizer.update(jnp.nan_to_num(grad), opt_state)
             return (optax.apply_updates(x, updates), opt_state, batches), None
@@ -819,7 +818,7 @@ class SMILE(MCMCKernel):
         model), by Hutchinson probes: exact for priors that factorise over coordinates."""
         if self._model is None:
             return jnp.zeros_like(position)
-        prior = minibatch.prior_only_model(partial(minibatch.subsample_model, self._model))
+        prior = model_views.prior_only_model(partial(model_views.subsample_model, self._model))
         indices = {name: jnp.arange(1) for name in self._plates}
         kwargs = self._with_indices(model_kwargs, indices)
 
@@ -859,14 +858,14 @@ class SMILE(MCMCKernel):
     ) -> SMILEState:
         key_batch, key_momentum, key_tuner, key_noise, key_pretrain = jax.random.split(rng_key, 5)
         position, _ = ravel_pytree(z)
-        batches = minibatch.batch_schedules_init(config.plates, key_batch, config.batch_schedule)
+        batches = batching.schedules_init(config.plates, key_batch, config.batch_schedule)
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
         if pretrain_steps:
             position, batches = self._pretrain(
                 config, logdensity_fn, position, batches, key_pretrain, pretrain_steps
             )
             z = self._unravel(position)
-        batches, indices = minibatch.next_batches(config.plates, batches, key_batch)
+        batches, indices = batching.schedules_next(config.plates, batches, key_batch)
         logdensity, grad = _value_and_grad(config, logdensity_fn, indices)(position)
         if config.plates:
             key_noise, key_curvature = jax.random.split(key_noise)

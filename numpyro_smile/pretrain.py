@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from numpyro_smile import minibatch
+from numpyro_smile import batching
 
 __all__ = ["PretrainState", "pretrain_epochs", "pretrain_init"]
 
@@ -65,13 +65,13 @@ class PretrainState(NamedTuple):
 def pretrain_init(
     position: jax.Array,
     optimizer: optax.GradientTransformation,
-    plates: tuple[tuple[str, minibatch.PlateInfo], ...],
+    plates: tuple[tuple[str, batching.PlateInfo], ...],
     rng_key: jax.Array,
 ) -> PretrainState:
     """Start K members at ``position`` ``(K, d)``, each with its own batch order."""
     num_members = position.shape[0]
     key_batches, key = jax.random.split(rng_key)
-    schedules = jax.vmap(lambda k: minibatch.batch_schedules_init(plates, k, "epoch"))(
+    schedules = jax.vmap(lambda k: batching.schedules_init(plates, k, "epoch"))(
         jax.random.split(key_batches, num_members)
     )
     return PretrainState(
@@ -109,7 +109,7 @@ def _train_epoch(
 
     def step(carry, key):
         position, opt_state, schedules = carry
-        schedules, indices = minibatch.next_batches(plates, schedules, key, num_members)
+        schedules, indices = batching.schedules_next(plates, schedules, key, num_members)
         loss, grad = grad_fn(position, indices)
         updates, new_opt_state = jax.vmap(optimizer.update)(grad, opt_state, position)
         new_position = optax.apply_updates(position, updates)

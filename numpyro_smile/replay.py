@@ -32,7 +32,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, biject_to
 from numpyro.infer.util import constrain_fn
 
-from numpyro_smile import memory, minibatch
+from numpyro_smile import memory, model_views
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -72,7 +72,7 @@ def trace_model(
         handlers.substitute(model, data=params), rng_seed=0 if rng_key is None else rng_key
     )
     if not prior_draws:
-        seeded = minibatch.without_prior_draws(seeded)
+        seeded = model_views.without_prior_draws(seeded)
     return handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
 
 
@@ -259,7 +259,7 @@ def identity_sites(
 
 def _one_point_view(model: Callable, subsample_plates: dict) -> Callable:
     """The model on a one-point batch of every subsample plate (cheap to replay)."""
-    return minibatch.fixed_indices_model(
+    return model_views.fixed_indices_model(
         model, {name: jnp.arange(1) for name in subsample_plates}, suffix="_one_point"
     )
 
@@ -314,7 +314,7 @@ def likelihood_view(
     ``{plate: indices}`` coordinates.
     """
     if log_likelihood is True or log_likelihood is False or not subsample_plates:
-        return minibatch.full_data_model(model, subsample_plates), {}
+        return model_views.full_data_model(model, subsample_plates), {}
     size = int(log_likelihood)
     if size < 1:
         raise ValueError(f"log_likelihood must be True, False or a positive int, got {size}.")
@@ -326,4 +326,4 @@ def likelihood_view(
             np.asarray(jax.random.choice(key, plate.size, (min(size, plate.size),), replace=False))
         )
         indices[name], coords[name] = jnp.asarray(chosen), chosen
-    return minibatch.fixed_indices_model(model, indices), coords
+    return model_views.fixed_indices_model(model, indices), coords

@@ -18,7 +18,7 @@ import numpyro.distributions as dist
 import optax
 import pytest
 
-from numpyro_smile import ResetWarning, SMILEEnsemble, minibatch
+from numpyro_smile import ModelError, ResetWarning, SMILEEnsemble
 from numpyro_smile.models import mlp_classification, mlp_regression
 
 N, P, B, K = 400, 3, 50, 4
@@ -275,7 +275,7 @@ def test_bad_arguments(kwargs, message):
 def test_bad_run_inputs():
     X, y = synthetic_regression(100, 0)
     ensemble = SMILEEnsemble(partial(mlp_regression, batch_size=200), num_members=2)
-    with pytest.raises(minibatch.ModelError, match="larger than the data"):
+    with pytest.raises(ModelError, match="larger than the data"):
         ensemble.run(jax.random.key(0), X, y)
     with pytest.raises(TypeError, match="single JAX PRNG key"):
         ensemble.run(jax.random.split(jax.random.key(0), 2), X, y)

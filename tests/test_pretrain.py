@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from numpyro_smile import minibatch, pretrain
+from numpyro_smile import batching, pretrain
 
 TARGET = jnp.array([1.0, -2.0, 0.5])
-PLATES = (("data", minibatch.PlateInfo(100, 10)),)
+PLATES = (("data", batching.PlateInfo(100, 10)),)
 
 
 def quadratic_loss(x, indices):
@@ -43,7 +43,7 @@ def test_members_converge_with_their_own_batch_orders():
     np.testing.assert_allclose(state.position, jnp.broadcast_to(TARGET, (4, 3)), atol=0.05)
     assert train_loss.shape == (30, 4) and np.all(np.diff(np.asarray(train_loss[:10, 0])) < 0)
     # independent batch orders: the first batches of the members differ
-    _, first = minibatch.next_batches(PLATES, state.schedules, jax.random.key(2), 4)
+    _, first = batching.schedules_next(PLATES, state.schedules, jax.random.key(2), 4)
     assert len({tuple(np.asarray(row)) for row in first["data"]}) == 4
     assert int(state.epoch) == 30 and np.all(np.asarray(state.best_epoch) == 30)
 

@@ -1,25 +1,26 @@
-"""Reading a NumPyro model's subsample plates and building its mini-batch potential.
+"""The NumPyro side of SMILE: checking a model and the views of it that the sampler runs.
 
 A model marks its likelihood with ``numpyro.plate(name, N, subsample_size=B)``. SMILE feeds
-the plate explicit indices every step, through a reserved keyword argument that a thin
-wrapper turns into ``handlers.substitute(data={name: indices})``; NumPyro then scales the
-plate's log-likelihood by N / B and counts the prior once, which is the unbiased mini-batch
-potential. Feeding ``arange(N)`` instead gives the full-data potential (scale 1), which is also
-what :func:`full_data_model` does for ArviZ and ``Predictive``.
+the plate explicit indices every step, through a reserved keyword argument
+(:data:`SUBSAMPLE_KWARG`) that a thin wrapper (:func:`subsample_model`) hands to the plate;
+NumPyro then scales the plate's log-likelihood by N / B and counts the prior once, which is
+the unbiased mini-batch potential. Feeding ``arange(N)`` instead gives the full-data potential
+(scale 1), which is also what :func:`full_data_model` does for ArviZ and ``Predictive``.
 
-Batch indices cost O(B) per step: ``"epoch"`` walks a per-chain, per-epoch keyed
-pseudo-random permutation evaluated only at the B positions needed (no O(N) state or work);
-``"with_replacement"`` draws B uniform indices. ``random.choice(replace=False)`` per step
-(O(N) each step) is never used.
+This module owns everything that runs or traces the model: the checks that reject what SMILE
+cannot sample (:func:`inspect_model`, :func:`check_finite_data`), splitting the model
+arguments into data and static values, initialisation, the views of the model (on given
+indices, on all points, prior only) and :func:`flat_potential`, the one builder of the
+potential of flat parameters on a batch. Which indices a step sees is decided without NumPyro,
+in :mod:`numpyro_smile.batching`.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,48 +35,30 @@ from numpyro.infer.util import (
 )
 from numpyro.primitives import Messenger
 
+from numpyro_smile.batching import PlateInfo
+
 __all__ = [
-    "BATCH_SCHEDULES",
     "SUBSAMPLE_KWARG",
-    "EpochBatchState",
     "ModelError",
-    "PlateInfo",
-    "batch_schedule_init",
-    "batch_schedule_next",
-    "batch_schedules_init",
     "check_finite_data",
-    "feistel_permutation",
     "fixed_indices_model",
     "flat_potential",
-    "full_data_indices",
     "full_data_model",
     "initialize_subsampled_model",
     "inspect_model",
-    "keyed_permutation",
     "log_density_terms",
-    "next_batches",
     "prior_only_model",
     "split_model_args",
     "subsample_model",
-    "swap_or_not_permutation",
     "without_prior_draws",
 ]
 
 #: Reserved model keyword through which the kernel passes ``{plate_name: indices}``.
 SUBSAMPLE_KWARG = "_smile_subsample_indices"
 
-BATCH_SCHEDULES = ("epoch", "with_replacement")
-
 
 class ModelError(ValueError):
     """A model SMILE cannot sample as written; the message says what to change."""
-
-
-class PlateInfo(NamedTuple):
-    """A subsample plate: ``size`` N data points, ``subsample_size`` B per step."""
-
-    size: int
-    subsample_size: int
 
 
 class _PlateInspector(Messenger):
@@ -412,15 +395,30 @@ def prior_only_model(model: Callable) -> Callable:
 
 
 def flat_potential(potential_gen: Callable, unravel: Callable, bind: Callable) -> Callable:
-    """``(x, indices, arrays) -> U(x)``: the potential of flat parameters on a batch.
+    """The potential (negative log density) of flat parameters on a batch of the data.
+
+    This is the one builder of that function: ``SMILEEnsemble``'s pretraining loss and the
+    SGLD/SGHMC baselines of ``benchmarks.uci`` are made from it. The kernel's log density
+    (``SMILE._logdensity_fn``) is the same quantity negated, ``-potential(x, indices,
+    arrays)``, with the model arguments held in its closure rather than passed as ``arrays``.
 
     Args:
-        potential_gen: ``ModelInfo.potential_fn`` of :func:`initialize_subsampled_model`.
-        unravel: flat ``(d,)`` vector -> dict of unconstrained latent values.
-        bind: from :func:`split_model_args`; ``arrays`` are its array leaves (the data).
+        potential_gen: ``ModelInfo.potential_fn`` of :func:`initialize_subsampled_model` (a
+            generator, ``dynamic_args=True``: model arguments -> potential of unconstrained
+            latent values).
+        unravel: flat ``(d,)`` vector -> dict of unconstrained latent values (the second
+            output of ``jax.flatten_util.ravel_pytree`` of one point).
+        bind: from :func:`split_model_args`; rebuilds ``(model_args, model_kwargs)`` from its
+            array leaves.
 
-    ``indices`` is ``{plate: (B,) indices}`` (the N / B-scaled mini-batch potential), or an
-    empty dict for a model without subsample plates.
+    Returns:
+        ``potential(x, indices, arrays) -> U``, a scalar, where ``x`` is the flat ``(d,)``
+        parameter vector (unconstrained); ``indices`` is ``{plate: (B,) int32 indices}``,
+        giving the N / B-scaled mini-batch potential (``{plate: arange(N)}``: the full-data
+        one), or an empty dict for a model without subsample plates; ``arrays`` are the data
+        leaves returned by :func:`split_model_args` (passed as an argument, so that compiled
+        callers take the data as input rather than as constants). Differentiable in ``x``;
+        ``jax.vmap`` over ``x`` (and ``indices``) for several chains or members.
     """
 
     def potential(x, indices, arrays):
@@ -445,11 +443,6 @@ def log_density_terms(
     substituted = handlers.substitute(model, substitute_fn=partial(_unconstrain_reparam, params))
     log_probs, _ = compute_log_probs(substituted, model_args, model_kwargs, {}, False)
     return list(log_probs.values())
-
-
-def full_data_indices(plates: dict[str, PlateInfo]) -> dict[str, jax.Array]:
-    """``{name: arange(N)}`` for every subsample plate."""
-    return {name: jnp.arange(info.size) for name, info in plates.items()}
 
 
 class _AllPoints(Messenger):
@@ -499,162 +492,3 @@ def fixed_indices_model(model: Callable, indices: dict, suffix: str = "_subset")
     model_on_indices.__name__ = getattr(model, "__name__", "model") + suffix
     model_on_indices.__wrapped__ = model
     return model_on_indices
-
-
-class EpochBatchState(NamedTuple):
-    """Per-chain epoch schedule: a key and the number of batches drawn so far.
-
-    Epoch e visits the data in the order of a keyed pseudo-random permutation pi_e of
-    {0, ..., N - 1}; batch k of the epoch is pi_e(kB), ..., pi_e(kB + B - 1). The permutation is
-    never stored: pi_e (see :func:`keyed_permutation`) is evaluated on the B positions only,
-    so each batch costs O(B) time and the schedule O(1) memory, whatever N is.
-    """
-
-    key: jax.Array
-    count: jax.Array
-
-
-_FEISTEL_ROUNDS = 4
-_SWAP_OR_NOT_ROUNDS = 24
-
-
-def _mix(x: jax.Array, key: jax.Array) -> jax.Array:
-    """A keyed 32-bit integer hash (the 'lowbias32' finaliser), the Feistel round function."""
-    x = x ^ key
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def feistel_permutation(positions: jax.Array, rng_key: jax.Array, size: int) -> jax.Array:
-    """Keyed permutation by a 4-round balanced Feistel network with cycle walking.
-
-    The network permutes {0, ..., 4^h - 1} (the smallest such range holding ``size``); values
-    that land outside {0, ..., size - 1} are walked again (a ``while_loop``; expected passes
-    below 4), which keeps it a bijection of the smaller set. Fastest on CPUs.
-    """
-    half_bits = max(1, math.ceil(math.log2(max(size, 2)) / 2))
-    mask = jnp.uint32((1 << half_bits) - 1)
-    round_keys = jax.random.bits(rng_key, (_FEISTEL_ROUNDS,), jnp.uint32)
-
-    def feistel(x):
-        left, right = x >> half_bits, x & mask
-        for r in range(_FEISTEL_ROUNDS):
-            left, right = right, left ^ (_mix(right, round_keys[r]) & mask)
-        return (left << half_bits) | right
-
-    def walk(x):
-        return jnp.where(x >= size, feistel(x), x)
-
-    x = feistel(positions.astype(jnp.uint32))
-    x = jax.lax.while_loop(lambda x: jnp.any(x >= size), walk, x)
-    return x.astype(jnp.int32)
-
-
-def swap_or_not_permutation(positions: jax.Array, rng_key: jax.Array, size: int) -> jax.Array:
-    """Keyed permutation by a swap-or-not shuffle (Hoang, Morris and Rogaway, 2012).
-
-    Each round draws K in {0, ..., size - 1} and maps x to its partner (K - x) mod size when a
-    keyed hash bit of max(x, partner) is set; every round is an involution, so the composition
-    is a permutation for any size. Branch- and loop-free: fastest on GPUs, where a
-    ``while_loop`` costs a host round trip per pass.
-    """
-    key_partner, key_bits = jax.random.split(rng_key)
-    partners = jax.random.randint(key_partner, (_SWAP_OR_NOT_ROUNDS,), 0, size, jnp.int32)
-    hash_keys = jax.random.bits(key_bits, (_SWAP_OR_NOT_ROUNDS,), jnp.uint32)
-    x = positions.astype(jnp.int32)
-    for r in range(_SWAP_OR_NOT_ROUNDS):
-        partner = partners[r] - x
-        partner = jnp.where(partner < 0, partner + size, partner)
-        swap = (_mix(jnp.maximum(x, partner).astype(jnp.uint32), hash_keys[r]) & 1) == 1
-        x = jnp.where(swap, partner, x)
-    return x
-
-
-def keyed_permutation(positions: jax.Array, rng_key: jax.Array, size: int) -> jax.Array:
-    """pi(positions) for the pseudo-random permutation of {0, ..., size - 1} keyed by ``rng_key``.
-
-    Feistel with cycle walking on CPU, swap-or-not on accelerators (chosen at trace time):
-    each is the cheaper one where it runs (measured per SMILE step on an MLP: the Feistel
-    walk's ``while_loop`` added 0.33 ms on an H200; 24 swap-or-not rounds added ~0.1 ms on
-    a 2-core CPU). Both are exact permutations; the order differs between backends.
-    """
-    if jax.default_backend() == "cpu":
-        return feistel_permutation(positions, rng_key, size)
-    return swap_or_not_permutation(positions, rng_key, size)
-
-
-def batch_schedule_init(
-    rng_key: jax.Array, plate: PlateInfo, schedule: str
-) -> EpochBatchState | None:
-    """Initial schedule state of one plate (``None`` for ``"with_replacement"``)."""
-    if schedule == "with_replacement":
-        return None
-    return EpochBatchState(rng_key, jnp.zeros((), jnp.int32))
-
-
-def batch_schedules_init(
-    plates: tuple[tuple[str, PlateInfo], ...], rng_key: jax.Array, schedule: str
-) -> dict | None:
-    """``{plate: schedule state}`` of one chain for every plate (``None``: nothing to keep)."""
-    if not plates or schedule != "epoch":
-        return None
-    keys = jax.random.split(rng_key, len(plates))
-    return {
-        name: batch_schedule_init(key, plate, schedule) for key, (name, plate) in zip(keys, plates)
-    }
-
-
-def next_batches(
-    plates: tuple[tuple[str, PlateInfo], ...],
-    schedules: dict | None,
-    rng_key: jax.Array,
-    num_chains: int | None = None,
-) -> tuple[dict | None, dict]:
-    """Advance every plate's batch schedule, for one chain or for ``num_chains`` at once.
-
-    Args:
-        plates: ``((name, PlateInfo), ...)``; empty for a full-batch model.
-        schedules: from :func:`batch_schedules_init` (leaves batched over chains when
-            ``num_chains`` is given), or ``None`` for ``"with_replacement"``.
-        rng_key: a single key; each chain gets its own stream from it.
-
-    Returns:
-        ``(new_schedules, {plate: indices})`` with indices ``(B,)``, or ``(num_chains, B)``;
-        each chain draws its own batches.
-    """
-    if not plates:
-        return schedules, {}
-    keys = jax.random.split(rng_key, len(plates))
-    new_schedules, indices = {}, {}
-    for key, (name, plate) in zip(keys, plates):
-        state = None if schedules is None else schedules[name]
-        if num_chains is None:
-            new_schedules[name], indices[name] = batch_schedule_next(state, key, plate)
-        else:
-            new_schedules[name], indices[name] = jax.vmap(
-                lambda s, k, plate=plate: batch_schedule_next(s, k, plate)
-            )(state, jax.random.split(key, num_chains))
-    return (None if schedules is None else new_schedules), indices
-
-
-def batch_schedule_next(
-    state: EpochBatchState | None, rng_key: jax.Array, plate: PlateInfo
-) -> tuple[EpochBatchState | None, jax.Array]:
-    """The next ``(B,)`` batch of indices of one chain and the advanced schedule state.
-
-    ``"epoch"`` (a state is given): batches walk a fresh keyed permutation each epoch, without
-    replacement; the last N mod B positions of every epoch are skipped. ``"with_replacement"``
-    (``state is None``): B uniform draws from ``rng_key``.
-    """
-    batch_size = plate.subsample_size
-    if state is None:
-        indices = jax.random.randint(rng_key, (batch_size,), 0, plate.size, jnp.int32)
-        return None, indices
-    batches_per_epoch = plate.size // batch_size
-    epoch = state.count // batches_per_epoch
-    positions = (state.count % batches_per_epoch) * batch_size + jnp.arange(batch_size)
-    indices = keyed_permutation(positions, jax.random.fold_in(state.key, epoch), plate.size)
-    return EpochBatchState(state.key, state.count + 1), indices
