@@ -1,6 +1,7 @@
 """numpyro-smile: microcanonical Langevin samplers (MCLMC, MILE, SMILE) for NumPyro models."""
 
 from numpyro_smile._version import __version__ as __version__
+from numpyro_smile.config import SMILEConfig
 from numpyro_smile.diagnostics import ResetWarning, check_resets
 from numpyro_smile.ensemble import SMILEEnsemble
 from numpyro_smile.evaluation import evaluate, predict
@@ -11,6 +12,7 @@ __all__ = [
     "SMILE",
     "ModelError",
     "ResetWarning",
+    "SMILEConfig",
     "SMILEEnsemble",
     "SMILEState",
     "check_resets",

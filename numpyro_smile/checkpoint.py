@@ -43,7 +43,9 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "numpyro_smile.SMILEEnsemble checkpoint"
-CHECKPOINT_VERSION = 1
+#: 2: the sampler settings are stored as ``config`` (a ``SMILEConfig``), no longer as
+#: ``kernel_kwargs``, and the tuner statistics as one ``tuner`` field.
+CHECKPOINT_VERSION = 2
 _METADATA = "__metadata__"
 _STATE, _PRETRAINED, _PRETRAINING = "state", "pretrained/", "pretraining/"
 
@@ -64,7 +66,7 @@ class EnsembleCheckpoint:
         mode: ``"minibatch"`` (SMILE) or ``"full_batch"`` (MILE).
         plates: ``{plate: [N, B]}`` of the training data.
         params: one member's unconstrained sites in ravel order, ``[[name, shape, dtype]]``.
-        kernel_kwargs: the ensemble's ``kernel_kwargs`` that are plain values.
+        config: the sampler's settings, ``SMILEConfig.to_dict()``.
         backend: the JAX backend that ran the chains.
         pretrained_params: the members' pretrained unconstrained points, or ``None``.
         pretraining: the pretraining curves (may be empty).
@@ -78,7 +80,7 @@ class EnsembleCheckpoint:
     mode: str
     plates: dict[str, list[int]]
     params: list
-    kernel_kwargs: dict
+    config: dict
     backend: str
     pretrained_params: dict | None = None
     pretraining: dict = dataclasses.field(default_factory=dict)
@@ -100,7 +102,7 @@ def make_checkpoint(
     num_warmup: int,
     mode: str,
     plates: dict,
-    kernel_kwargs: dict,
+    config: dict,
     pretrained_params: dict | None = None,
     pretraining: dict | None = None,
 ) -> EnsembleCheckpoint:
@@ -127,7 +129,7 @@ def make_checkpoint(
         mode=mode,
         plates={name: [int(plate[0]), int(plate[1])] for name, plate in plates.items()},
         params=parameter_structure(state.z),
-        kernel_kwargs=_plain(kernel_kwargs),
+        config=_plain(config),
         backend=jax.default_backend(),
         pretrained_params=(
             None
@@ -181,10 +183,11 @@ def load_checkpoint(path: str | os.PathLike) -> EnsembleCheckpoint:
         metadata = json.loads(str(archive[_METADATA]))
         if metadata.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a numpyro_smile ensemble checkpoint.")
-        if metadata["version"] > CHECKPOINT_VERSION:
+        if metadata["version"] != CHECKPOINT_VERSION:
             raise ValueError(
                 f"{os.fspath(path)!r} has checkpoint format version {metadata['version']}; this "
-                f"numpyro_smile reads up to {CHECKPOINT_VERSION}. Upgrade numpyro_smile."
+                f"numpyro_smile reads version {CHECKPOINT_VERSION}. Resume it with the "
+                "numpyro_smile version that wrote it (its numpyro_smile_version metadata)."
             )
         groups: dict[str, dict] = {_STATE: {}, _PRETRAINED: {}, _PRETRAINING: {}}
         for name in archive.files:
@@ -208,7 +211,7 @@ def check_compatible(
     mode: str,
     plates: dict,
     params: list,
-    kernel_kwargs: dict,
+    config: dict,
 ) -> None:
     """Raise a ``ValueError`` saying what differs (and what to change) when ``checkpoint``
     cannot continue in an ensemble with these settings; warn on differing kernel settings."""
@@ -253,12 +256,17 @@ def check_compatible(
             f"model's: {'; '.join(differences)}. Resume with the model (architecture, data "
             "shapes and jax_enable_x64 setting) that wrote the checkpoint."
         )
-    here = _plain(kernel_kwargs)
-    if here != checkpoint.kernel_kwargs:
+    here = _plain(config)
+    if here != checkpoint.config:
+        changed = {
+            k: (checkpoint.config.get(k), v)
+            for k, v in here.items()
+            if checkpoint.config.get(k) != v
+        }
         warnings.warn(
-            f"The checkpoint was sampled with kernel_kwargs={checkpoint.kernel_kwargs}, this "
-            f"ensemble has kernel_kwargs={here}; the chains continue with this ensemble's. "
-            "Pass the saved run's kernel_kwargs to continue the same chains.",
+            f"The checkpoint was sampled with other sampler settings (saved, here): {changed}; "
+            "the chains continue with this ensemble's config. Pass the saved run's settings, "
+            f"SMILEConfig(**{checkpoint.config}), to continue the same chains.",
             UserWarning,
             stacklevel=4,
         )
@@ -289,7 +297,7 @@ def restore_state(checkpoint: EnsembleCheckpoint, template: Any) -> Any:
             "The checkpoint's sampler state does not fit this ensemble's kernel (fields only in "
             f"the kernel: {missing}; only in the checkpoint: {extra}): the kernel is configured "
             "differently (precondition, adapt, batch_schedule, L, ...). Construct the ensemble "
-            f"with the saved run's kernel_kwargs={checkpoint.kernel_kwargs}."
+            f"with the saved run's config=SMILEConfig(**{checkpoint.config})."
         )
     leaves = []
     for name, want in expected.items():

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ResetWarning", "check_resets", "reset_summary"]
+__all__ = ["ResetWarning", "check_resets", "reset_summary", "status_text"]
 
 
 class ResetWarning(UserWarning):
@@ -73,7 +73,8 @@ def check_resets(source: Any, kernel: Any = None, label: str = "chains") -> str 
     Args:
         source: a NumPyro ``MCMC`` that ran a :class:`~numpyro_smile.SMILE` kernel, or a
             final :class:`~numpyro_smile.SMILEState` (then pass ``kernel``).
-        kernel: the ``SMILE`` kernel, when ``source`` is a state.
+        kernel: when ``source`` is a state, the ``SMILE`` kernel or the core's
+            :class:`~numpyro_smile.sampler.Plan` (anything with ``expected_reset_rate``).
         label: what a chain is called in the message.
 
     Returns:
@@ -90,3 +91,17 @@ def check_resets(source: Any, kernel: Any = None, label: str = "chains") -> str 
     if message is not None:
         warnings.warn(message, ResetWarning, stacklevel=2)
     return message
+
+
+def status_text(mode: str, expected_reset_rate: float, state: Any) -> str:
+    """Progress-bar text: the variant, the mean step size, and the resets next to what the
+    guardrail resets by design (mini-batch mode: ``1 - reset_quantile`` of the steps; full
+    batch: none), so that a healthy run reads as one."""
+    resets = int(np.sum(state.num_resets))
+    steps = max(1, int(np.max(state.i)) * int(np.size(state.num_resets)))
+    if expected_reset_rate > 0:
+        rate = f"{100 * resets / steps:.1f}% ({100 * expected_reset_rate:.0f}% by design)"
+        reset_text = f"resets {rate}"
+    else:
+        reset_text = f"resets {resets} (none expected)"
+    return f"{mode} | step size {float(np.mean(state.step_size)):.2e} | {reset_text}"

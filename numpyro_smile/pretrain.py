@@ -21,16 +21,20 @@ per-epoch losses, so a driver can run it in chunks between progress updates.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from numpyro_smile import batching
+from numpyro_smile import batching, sharding
+from numpyro_smile.runtime import PROGRESS_CHUNKS, Timings
 
-__all__ = ["PretrainState", "pretrain_epochs", "pretrain_init"]
+__all__ = ["PretrainState", "pretrain", "pretrain_epochs", "pretrain_init", "train_steps"]
 
 
 class PretrainState(NamedTuple):
@@ -95,6 +99,53 @@ def _where(mask: jax.Array, new, old):
     )
 
 
+def train_steps(
+    carry: tuple,
+    keys: jax.Array,
+    *,
+    loss_and_grad_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    plates: tuple,
+    num_members: int | None = None,
+    frozen: jax.Array | None = None,
+) -> tuple[tuple, jax.Array]:
+    """The optimisation loop: one optimizer step per key, each on a fresh mini-batch.
+
+    The one training loop of the package: ensemble pretraining runs it for every member
+    (``num_members``), the kernel's ``pretrain_steps`` for one chain. A step whose loss or
+    gradient is not finite is skipped (a guardrail, not a fix: a member that keeps failing
+    stays where it was), and so is every step of a ``frozen`` member.
+
+    Args:
+        carry: ``(position, opt_state, schedules)``; position ``(d,)``, or ``(K, d)`` with
+            ``num_members=K`` (the optimizer state and schedules then batched alike).
+        keys: ``(num_steps,)`` keys; step ``t`` draws its batches from ``keys[t]``.
+        loss_and_grad_fn: ``(position, {plate: indices}) -> (loss, grad)``, batched over
+            members when ``num_members`` is given.
+        plates: ``((name, PlateInfo(N, B)), ...)`` of the mini-batches (empty: full batch).
+        frozen: ``(K,)`` members that must not move (early-stopped), or ``None``.
+
+    Returns:
+        ``((position, opt_state, schedules), losses)``, losses ``(num_steps,)`` or
+        ``(num_steps, K)``.
+    """
+    update = optimizer.update if num_members is None else jax.vmap(optimizer.update)
+
+    def step(carry, key):
+        position, opt_state, schedules = carry
+        schedules, indices = batching.schedules_next(plates, schedules, key, num_members)
+        loss, grad = loss_and_grad_fn(position, indices)
+        updates, new_opt_state = update(grad, opt_state, position)
+        new_position = optax.apply_updates(position, updates)
+        ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad), axis=-1)
+        if frozen is not None:
+            ok = ok & ~frozen
+        position, opt_state = _where(ok, (new_position, new_opt_state), (position, opt_state))
+        return (position, opt_state, schedules), loss
+
+    return jax.lax.scan(step, carry, keys)
+
+
 def _train_epoch(
     state: PretrainState,
     *,
@@ -104,24 +155,15 @@ def _train_epoch(
     steps_per_epoch: int,
 ) -> tuple[PretrainState, jax.Array]:
     """``steps_per_epoch`` optimizer steps of every member; returns the mean training loss."""
-    num_members = state.position.shape[0]
-    grad_fn = jax.vmap(jax.value_and_grad(loss_fn))
-
-    def step(carry, key):
-        position, opt_state, schedules = carry
-        schedules, indices = batching.schedules_next(plates, schedules, key, num_members)
-        loss, grad = grad_fn(position, indices)
-        updates, new_opt_state = jax.vmap(optimizer.update)(grad, opt_state, position)
-        new_position = optax.apply_updates(position, updates)
-        # A member whose loss or gradient is not finite skips the step (a guardrail, not a fix:
-        # a member that keeps failing stays where it was).
-        ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad), axis=-1) & ~state.stopped
-        position, opt_state = _where(ok, (new_position, new_opt_state), (position, opt_state))
-        return (position, opt_state, schedules), loss
-
     keys = jax.random.split(jax.random.fold_in(state.rng_key, state.epoch), steps_per_epoch)
-    (position, opt_state, schedules), losses = jax.lax.scan(
-        step, (state.position, state.opt_state, state.schedules), keys
+    (position, opt_state, schedules), losses = train_steps(
+        (state.position, state.opt_state, state.schedules),
+        keys,
+        loss_and_grad_fn=jax.vmap(jax.value_and_grad(loss_fn)),
+        optimizer=optimizer,
+        plates=plates,
+        num_members=state.position.shape[0],
+        frozen=state.stopped,
     )
     state = state._replace(position=position, opt_state=opt_state, schedules=schedules)
     return state, jnp.mean(losses, axis=0)
@@ -211,3 +253,88 @@ def pretrain_epochs(
         0, num_epochs, epoch_body, (state, buffers)
     )
     return state, train_loss, validation_loss
+
+
+def pretrain(
+    loss_fn: Callable,
+    positions: jax.Array,
+    arrays: Any,
+    rng_key: jax.Array,
+    *,
+    optimizer: optax.GradientTransformation,
+    plates: tuple,
+    num_epochs: int,
+    steps_per_epoch: int,
+    validation: tuple[Callable, Any] | None = None,
+    patience: int | None = None,
+    mesh: Mesh | None = None,
+    timings: Timings | None = None,
+    on_epochs: Callable[[int], None] | None = None,
+) -> tuple[jax.Array, dict[str, np.ndarray]]:
+    """Train K members, in a few compiled calls; the deep ensemble of the MILE/SMILE recipe.
+
+    Args:
+        loss_fn: ``(x (d,), {plate: (B,) indices}, arrays) -> loss`` of one member on one
+            batch (the unconstrained potential per data point).
+        positions: ``(K, d)`` starting points.
+        arrays: the training data leaves (passed to ``loss_fn``; replicated over ``mesh``).
+        rng_key: seeds the members' batch orders.
+        optimizer: any optax optimizer.
+        plates: ``((name, PlateInfo(N, B)), ...)`` of the pretraining batches (empty: full
+            batch, one step per epoch).
+        num_epochs: at most this many epochs.
+        steps_per_epoch: optimizer steps per epoch.
+        validation: ``(loss(x, arrays), arrays)`` on held-out data, for early stopping.
+        patience: epochs without validation improvement before a member stops.
+        mesh: the member mesh (:func:`numpyro_smile.sharding.member_mesh`) or ``None``.
+        timings: where compilation and the ``pretrain`` phase are timed.
+        on_epochs: called with the number of epochs each compiled call ran (progress).
+
+    Returns:
+        ``(positions (K, d), curves)``: the best-validation (else last) points, and
+        ``train_loss`` ``(K, epochs)``, with validation ``validation_loss`` and
+        ``best_epoch``, and ``num_epochs`` ``(K,)``.
+    """
+    timings = timings or Timings()
+    num_members = positions.shape[0]
+    validation_loss, validation_arrays = validation if validation is not None else (None, [])
+    validation_arrays = sharding.replicate(validation_arrays, mesh)
+    chunk = max(1, math.ceil(num_epochs / PROGRESS_CHUNKS))
+
+    def run_epochs(state, count, arrays, validation_arrays):
+        return pretrain_epochs(
+            state,
+            count,
+            loss_fn=lambda x, idx: loss_fn(x, idx, arrays),
+            optimizer=optimizer,
+            plates=plates,
+            steps_per_epoch=steps_per_epoch,
+            buffer_size=chunk,
+            validation_loss_fn=(
+                None if validation_loss is None else lambda x: validation_loss(x, validation_arrays)
+            ),
+            patience=None if validation_loss is None else patience,
+        )
+
+    state = pretrain_init(positions, optimizer, plates, rng_key)
+    state = sharding.shard_members(state, mesh, num_members)
+    with timings.phase("pretrain"):
+        compiled = timings.compile(run_epochs, state, 1, arrays, validation_arrays)
+        train_curve, validation_curve = [], []
+        done = 0
+        while done < num_epochs:
+            count = min(chunk, num_epochs - done)
+            state, train, valid = compiled(state, count, arrays, validation_arrays)
+            train_curve.append(np.asarray(train)[:count])
+            validation_curve.append(np.asarray(valid)[:count])
+            done += count
+            if on_epochs is not None:
+                on_epochs(count)
+            if validation_loss is not None and patience and bool(jnp.all(state.stopped)):
+                break
+    curves = {"train_loss": np.concatenate(train_curve).T}
+    if validation_loss is not None:
+        curves["validation_loss"] = np.concatenate(validation_curve).T
+        curves["best_epoch"] = np.asarray(state.best_epoch)
+    curves["num_epochs"] = np.full(num_members, done)
+    return state.best_position, curves

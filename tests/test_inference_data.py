@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 import numpyro_smile
-from numpyro_smile import _version, minibatch
+from numpyro_smile import _version, model_views
 from numpyro_smile.inference_data import to_inference_data
 
 from .test_replay import N, _data, regression
@@ -35,7 +35,7 @@ def _draws(seed: int = 1) -> dict:
 def _assemble(**overrides):
     X, y = _data()
     arguments = dict(
-        subsample_plates=minibatch.inspect_model(regression, (X, y), KWARGS),
+        subsample_plates=model_views.inspect_model(regression, (X, y), KWARGS),
         draws=_draws(),
         sample_stats={"energy_change": np.arange(K * S, dtype=np.float32).reshape(K, S)},
         pretrained=None,

@@ -15,7 +15,7 @@ import numpyro.distributions as dist
 import pytest
 from scipy import stats
 
-from numpyro_smile import minibatch, replay
+from numpyro_smile import batching, model_views, replay
 from numpyro_smile.replay import ReplayMemoryWarning, map_draws
 
 N = 10
@@ -40,8 +40,8 @@ def _data():
 
 
 def _plates(X, y):
-    plates = minibatch.inspect_model(regression, (X, y), {"batch_size": 4})
-    assert plates == {"data": minibatch.PlateInfo(N, 4)}
+    plates = model_views.inspect_model(regression, (X, y), {"batch_size": 4})
+    assert plates == {"data": batching.PlateInfo(N, 4)}
     return plates
 
 
@@ -139,7 +139,7 @@ def test_site_names_supports_and_dims():
     # latent sites and deterministic sites outside the subsample plate, in trace order
     assert names == ["w", "sigma", "w_norm"]
     assert replay.identity_sites(regression, (X, y), {"batch_size": 4}, plates, names) == {"w"}
-    view = minibatch.full_data_model(regression, plates)
+    view = model_views.full_data_model(regression, plates)
     trace = replay.trace_model(view, {}, (X, y), {"batch_size": 4})
     dims = replay.site_dims(trace, ["y", "mean", "w", "sigma"])
     # plate axes are named after the plate; scalars have no dims

@@ -1,0 +1,79 @@
+"""Compiled chunked loops over a sampler's ``step``: warmup and thinned sampling.
+
+Each loop is one function with a traced step (or draw) count, compiled once per run and called
+a few times (:data:`~numpyro_smile.runtime.PROGRESS_CHUNKS`), which gives progress between
+calls and lets each chunk of draws move to host memory while the next one runs. ``step`` is
+``(state, arrays) -> state`` for all members at once (the data ``arrays`` are passed at every
+call, never baked into the executable as constants).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from numpyro_smile.runtime import PROGRESS_CHUNKS
+
+__all__ = ["advance_fn", "draws_per_chunk", "sample_chunk_fn", "store"]
+
+
+def advance_fn(step: Callable) -> Callable:
+    """``(state, num_steps, arrays) -> state``: ``num_steps`` (traced) steps."""
+
+    def advance(state, num_steps, arrays):
+        return jax.lax.fori_loop(0, num_steps, lambda _, s: step(s, arrays), state)
+
+    return advance
+
+
+def sample_chunk_fn(step: Callable, record: Callable, thinning: int, chunk: int) -> Callable:
+    """``(state, num_draws, arrays) -> (state, buffer)``: ``num_draws`` (traced, at most
+    ``chunk``) draws, each after ``thinning`` steps; ``buffer`` holds ``chunk`` rows of
+    ``record(state, resets)``, ``resets`` the guardrail resets since the previous draw."""
+
+    def sample_chunk(state, num_draws, arrays):
+        def one_step(_, carry):
+            state, resets = carry
+            state = step(state, arrays)
+            return state, resets + state.diverging.astype(jnp.int32)
+
+        def draw(j, carry):
+            state, buffer = carry
+            no_resets = jnp.zeros(state.diverging.shape, jnp.int32)
+            state, resets = jax.lax.fori_loop(0, thinning, one_step, (state, no_resets))
+            new = record(state, resets)
+            return state, jax.tree.map(lambda b, r: b.at[j].set(r), buffer, new)
+
+        shapes = record(state, jnp.zeros(state.diverging.shape, jnp.int32))
+        buffer = jax.tree.map(lambda r: jnp.zeros((chunk, *r.shape), r.dtype), shapes)
+        return jax.lax.fori_loop(0, num_draws, draw, (state, buffer))
+
+    return sample_chunk
+
+
+def draws_per_chunk(
+    num_draws: int, num_members: int, dim: int, max_elements: int, requested: int | None
+) -> int:
+    """Draws per compiled call: ``requested``, or a twentieth of the draws, within
+    ``max_elements`` numbers per chunk of positions."""
+    chunk = requested or max(
+        1, min(math.ceil(num_draws / PROGRESS_CHUNKS), max_elements // (num_members * dim))
+    )
+    return min(chunk, num_draws)
+
+
+def store(host: dict | None, buffer: Any, start: int, count: int, num_draws: int) -> Any:
+    """Copy a chunk ``(chunk, K, ...)`` of draws into the host arrays ``(K, num_draws, ...)``."""
+    chunk = jax.device_get(buffer)
+    if host is None:
+        host = jax.tree.map(
+            lambda a: np.empty((a.shape[1], num_draws, *a.shape[2:]), a.dtype), chunk
+        )
+    for dest, src in zip(jax.tree.leaves(host), jax.tree.leaves(chunk)):
+        dest[:, start : start + count] = np.swapaxes(src[:count], 0, 1)
+    return host

@@ -1,0 +1,227 @@
+"""A NumPyro model (or a potential function) as the sampler core's ``Target``.
+
+The core (:mod:`numpyro_smile.sampler`) samples functions of flat ``(d,)`` parameters; the
+adapters (the ``SMILE`` kernel, the ensemble driver) meet NumPyro models and their arguments.
+This module is the bridge between them, plus the argument checks both adapters share:
+
+* :func:`model_problem`: everything a new sampler needs from a model and its data, in one
+  call (the target, a starting point, the plates, the map back to constrained sites);
+* :func:`model_target`: log density on a mini-batch (the model's subsample plates fed the
+  batch indices), per-datum log densities for precise full-batch energy errors, and the
+  log prior (its curvature floors the preconditioner);
+* :func:`potential_target`: the same from a user's ``potential_fn``;
+* :func:`validation_loss`: the held-out loss that early-stops pretraining;
+* :func:`check_init_params`, :func:`argument_shapes`, :func:`check_same_shapes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.util import constrain_fn, potential_energy
+
+from numpyro_smile import batching, model_views, replay
+from numpyro_smile.sampler import Target
+
+__all__ = [
+    "ModelProblem",
+    "argument_shapes",
+    "check_init_params",
+    "check_same_shapes",
+    "model_problem",
+    "model_target",
+    "potential_target",
+    "validation_loss",
+    "with_indices",
+]
+
+
+def with_indices(model_kwargs: dict, indices: dict) -> dict:
+    """``model_kwargs`` plus the batch indices the subsample plates read (none: unchanged)."""
+    if not indices:
+        return model_kwargs
+    return {**model_kwargs, model_views.SUBSAMPLE_KWARG: indices}
+
+
+def model_target(
+    model: Callable,
+    potential_fn_gen: Callable,
+    plates: dict,
+    unravel: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+) -> Target:
+    """The :class:`Target` of a NumPyro model on its data.
+
+    Args:
+        model: the user's model.
+        potential_fn_gen: NumPyro's potential builder from
+            :func:`numpyro_smile.model_views.initialize_subsampled_model`.
+        plates: ``{name: PlateInfo(N, B)}`` subsample plates (empty: full batch).
+        unravel: flat ``(d,)`` vector -> dict of unconstrained latent values.
+        model_args, model_kwargs: the data and options (may be traced).
+    """
+    arrays, bind = model_views.split_model_args(model_args, model_kwargs)
+    potential = model_views.flat_potential(potential_fn_gen, unravel, bind)
+
+    def logdensity(x, indices):
+        return -potential(x, indices, arrays)
+
+    terms = None
+    if not plates:
+
+        def terms(x):
+            return model_views.log_density_terms(model, model_args, model_kwargs, unravel(x))
+
+    prior = model_views.prior_only_model(partial(model_views.subsample_model, model))
+    prior_kwargs = with_indices(model_kwargs, {name: jnp.arange(1) for name in plates})
+
+    def prior_potential(x):
+        return potential_energy(prior, model_args, prior_kwargs, unravel(x))
+
+    return Target(logdensity, unravel, terms, prior_potential)
+
+
+def potential_target(potential_fn: Callable, plates: dict, unravel: Callable) -> Target:
+    """The :class:`Target` of ``potential_fn``: ``z -> U(z)``, or with one subsample plate
+    ``(z, batch_indices (B,)) -> U_B(z)`` (an unbiased estimate of the full potential)."""
+    if plates:
+        (name,) = plates
+
+        def logdensity(x, indices):
+            return -potential_fn(unravel(x), indices[name])
+
+    else:
+
+        def logdensity(x, indices):
+            return -potential_fn(unravel(x))
+
+    return Target(logdensity, unravel)
+
+
+def argument_shapes(model_args: tuple, model_kwargs: dict) -> dict[str, tuple[int, ...]]:
+    """``{"model_args[1]": (N,), "model_kwargs['X']": (N, p), ...}`` for every array argument."""
+    shapes = {}
+    leaves = jax.tree_util.tree_leaves_with_path((tuple(model_args), dict(model_kwargs)))
+    for path, leaf in leaves:
+        if hasattr(leaf, "shape"):
+            group = ("model_args", "model_kwargs")[path[0].idx]
+            shapes[group + jax.tree_util.keystr(path[1:])] = tuple(leaf.shape)
+    return shapes
+
+
+def check_same_shapes(at_init: dict, now: dict) -> None:
+    """The chain state (batch schedules, preconditioner, tuned step size) belongs to the data it
+    was initialised and warmed up on: refuse to continue on data of another shape."""
+    if now == at_init:
+        return
+    changed = sorted(set(at_init) ^ set(now)) + [
+        f"{name}: {at_init[name]} -> {now[name]}"
+        for name in at_init
+        if name in now and at_init[name] != now[name]
+    ]
+    raise ValueError(
+        "The model arguments changed shape since the chains were initialised (e.g. between "
+        f"mcmc.warmup(...) and mcmc.run(...)): {', '.join(changed)}. The chain state (batch "
+        "schedule, preconditioner, tuned step size) belongs to the data it was warmed up on. "
+        "Pass the same data, or start afresh on the new data (a new MCMC object, or "
+        "mcmc.post_warmup_state = None before mcmc.run)."
+    )
+
+
+def check_init_params(init_params: Any, expected: dict, num_chains: int | None) -> None:
+    """Clear errors for ``init_params`` with the wrong sites or shapes.
+
+    ``expected`` holds one chain's values (or shapes); with ``num_chains`` every value must
+    carry a leading ``(num_chains,)`` axis.
+    """
+    if not isinstance(init_params, dict) or set(init_params) != set(expected):
+        got = sorted(init_params) if isinstance(init_params, dict) else type(init_params).__name__
+        lead = "" if num_chains is None else ", each with a leading (num_chains,) axis"
+        raise ValueError(
+            f"init_params must be a dict of unconstrained values for the latent sites "
+            f"{sorted(expected)}{lead}; got {got}."
+        )
+    for name, value in init_params.items():
+        want = tuple(jnp.shape(expected[name]))
+        if num_chains is not None:
+            want = (num_chains, *want)
+        if tuple(jnp.shape(value)) != want:
+            lead = "" if num_chains is None else f"(num_chains,) + {want[1:]} = "
+            raise ValueError(
+                f"init_params[{name!r}] has shape {jnp.shape(value)}, expected {lead}{want}."
+            )
+
+
+def validation_loss(model: Callable, validation: Any, model_kwargs: dict) -> tuple[Callable, Any]:
+    """``(loss, arrays)``: ``loss(x, unravel, arrays)`` is the mean negative log-likelihood per
+    held-out point of flat parameters ``x``; ``arrays`` are the held-out data's leaves.
+
+    Args:
+        model: the user's model (its subsample plates see all held-out points).
+        validation: the model's positional arguments on held-out data, e.g. ``(X_val, y_val)``.
+        model_kwargs: the training run's keyword arguments (options), reused.
+    """
+    if not isinstance(validation, (tuple, list)):
+        raise TypeError(
+            "validation must be a tuple of the model's positional arguments on the "
+            f"held-out data, e.g. (X_val, y_val); got {type(validation).__name__}."
+        )
+    validation = tuple(validation)
+    model_views.check_finite_data(validation, model_kwargs)
+    plates = model_views.inspect_model(model, validation, model_kwargs, check=False)
+    view = model_views.full_data_model(model, plates)
+    arrays, bind = model_views.split_model_args(validation, model_kwargs)
+
+    def loss(x, unravel, arrays):
+        args, kwargs = bind(arrays)
+        params = constrain_fn(view, args, kwargs, unravel(x))
+        observed = replay.observations_fn(view, args, kwargs, False)(params, jax.random.key(0))
+        values = observed["log_likelihood"].values()
+        return -sum(jnp.sum(v) for v in values) / sum(jnp.size(v) for v in values)
+
+    return loss, arrays
+
+
+class ModelProblem(NamedTuple):
+    """A NumPyro model on its data, ready for a sampler core.
+
+    Attributes:
+        target: the :class:`~numpyro_smile.sampler.Target` (flat parameters).
+        position: ``(d,)`` a starting point from the init strategy (unconstrained, flat).
+        plates: ``{name: PlateInfo(N, B)}`` subsample plates (empty: full batch).
+        constrain: ``(d,) -> {site: value}``: constrained latent and deterministic sites,
+            the deterministic ones over all N data points.
+    """
+
+    target: Target
+    position: jax.Array
+    plates: dict
+    constrain: Callable
+
+
+def model_problem(
+    model: Callable,
+    *model_args: Any,
+    rng_key: jax.Array,
+    init_strategy: Callable = init_to_uniform(radius=0.5),
+    **model_kwargs: Any,
+) -> ModelProblem:
+    """Check ``model`` on its data and build what a sampler core needs (see
+    :class:`ModelProblem`); the model's subsample plates give the mini-batches."""
+    model_views.check_finite_data(model_args, model_kwargs)
+    plates = model_views.inspect_model(model, model_args, model_kwargs)
+    info = model_views.initialize_subsampled_model(
+        rng_key, model, plates, init_strategy, model_args, model_kwargs
+    )
+    position, unravel = ravel_pytree(info.param_info.z)
+    target = model_target(model, info.potential_fn, plates, unravel, model_args, model_kwargs)
+    full = with_indices(model_kwargs, batching.full_data_indices(plates))
+    postprocess = info.postprocess_fn(*model_args, **full)
+    return ModelProblem(target, position, plates, lambda x: postprocess(unravel(x)))
