@@ -50,7 +50,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_smile import SMILEEnsemble, batching, evaluate, memory, model_views, replay
+from numpyro_smile import (
+    SMILEConfig,
+    SMILEEnsemble,
+    batching,
+    evaluate,
+    memory,
+    model_views,
+    replay,
+)
 from numpyro_smile.datasets import load_table, split_standardize
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY
 from numpyro_smile.models import mlp_classification, mlp_regression
@@ -123,23 +131,21 @@ class Problem:
 
 def ensemble(problem: Problem, **kwargs) -> SMILEEnsemble:
     budget = problem.budget
-    return SMILEEnsemble(
-        problem.model,
-        num_members=budget["members"],
-        num_warmup=budget["warmup"],
-        num_samples=budget["samples"],
-        thinning=budget["thinning"],
-        pretrain_epochs=budget["pretrain_epochs"],
-        log_likelihood=False,
-        progress_bar=False,
-        **kwargs,
-    )
+    settings = {
+        "num_members": budget["members"],
+        "num_warmup": budget["warmup"],
+        "num_samples": budget["samples"],
+        "thinning": budget["thinning"],
+        "pretrain_epochs": budget["pretrain_epochs"],
+        "log_likelihood": False,
+        "progress_bar": False,
+    }
+    return SMILEEnsemble(problem.model, **(settings | kwargs))
 
 
 def run_de(problem: Problem) -> tuple[dict, dict]:
     """Pretrain the deep ensemble once (with a short chain that is not reported)."""
-    runner = ensemble(problem)
-    runner.num_warmup, runner.num_samples, runner.thinning = 0, 1, 1
+    runner = ensemble(problem, num_warmup=0, num_samples=1, thinning=1)
     start = time.perf_counter()
     idata = runner.run(problem.key, *problem.split.train, validation=problem.split.valid)
     record = {
@@ -166,14 +172,13 @@ def _pretrain_grad_evals(idata, problem, runner: SMILEEnsemble) -> float:
 
 
 def run_smile_family(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
-    kernel_kwargs = {
-        "psmile": {},
-        "smile": {"precondition": False},
-        "smile-naive": {"adapt": False, "precondition": False, "step_size": NAIVE_STEP_SIZE},
-        "mile": {},
+    config = {
+        "psmile": SMILEConfig(),
+        "smile": SMILEConfig(precondition=False),
+        "smile-naive": SMILEConfig(adapt=False, precondition=False, step_size=NAIVE_STEP_SIZE),
+        "mile": SMILEConfig(),
     }[method]
-    runner = ensemble(problem, kernel_kwargs=kernel_kwargs, full_batch=method == "mile")
-    runner.pretrain_epochs = 0
+    runner = ensemble(problem, config=config, full_batch=method == "mile", pretrain_epochs=0)
     start = time.perf_counter()
     idata = runner.run(
         jax.random.fold_in(problem.key, 1), *problem.split.train, init_params=de_params

@@ -369,8 +369,10 @@ class SMILEEnsemble:
                 return core.step(state, target_fn(args, kwargs))
 
             advance = _lazy(lambda: timings.compile(loops.advance_fn(step), state, 1, arrays))
-            with timings.phase("warmup"):
-                state = self._advance(advance, state, remaining, arrays, progress, "warmup")
+            self.timings["warmup_s"] = 0.0
+            if remaining:
+                with timings.phase("warmup"):
+                    state = self._advance(advance, state, remaining, arrays, progress, "warmup")
             self.post_warmup_state = self.last_state = state
             if warmup_only:
                 self.timings["total_s"] = time.perf_counter() - start

@@ -106,7 +106,7 @@ class SMILE(MCMCKernel):
         )
         self._core: sampler.SMILEKernel | None = None
         self._postprocess_fn_gen = None
-        self._target_fn: Callable | None = None
+        self._sample_fn: Callable | None = None
         self._vectorized = False
 
     # ---------------------------------------------------------------- what runs
@@ -212,17 +212,22 @@ class SMILE(MCMCKernel):
             key_chains = jax.random.split(key_chains, num_chains)
         # One compiled call (eager vmap would dispatch and compile every primitive separately).
         state = jax.jit(init_chain)(init_params, key_chains)
-        self._target_fn = target_fn
-        self._init_shapes = targets.argument_shapes(model_args, model_kwargs)
+        init_shapes = targets.argument_shapes(model_args, model_kwargs)
+
+        def sample_fn(state, model_args, model_kwargs):
+            targets.check_same_shapes(
+                init_shapes, targets.argument_shapes(model_args, model_kwargs)
+            )
+            return core.step(state, target_fn(model_args, model_kwargs))
+
+        # NumPyro's MCMC re-runs `init` on every `run` unless the kernel has a `_sample_fn`.
+        self._sample_fn = sample_fn
         return state._replace(rng_key=key_state)
 
     def sample(self, state: SMILEState, model_args: tuple, model_kwargs: dict) -> SMILEState:
         """One transition of every chain in ``state`` (see :class:`SMILEState`)."""
-        assert self._core is not None, "`init` must be called before `sample`."
-        targets.check_same_shapes(
-            self._init_shapes, targets.argument_shapes(model_args, model_kwargs)
-        )
-        return self._core.step(state, self._target_fn(model_args, model_kwargs))
+        assert self._sample_fn is not None, "`init` must be called before `sample`."
+        return self._sample_fn(state, model_args, model_kwargs)
 
     def postprocess_fn(self, model_args: tuple, model_kwargs: dict) -> Callable:
         """Constrain ``z`` (and replay deterministic sites, over the full data)."""
@@ -239,7 +244,7 @@ class SMILE(MCMCKernel):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_core=None, _target_fn=None, _postprocess_fn_gen=None, _potential_fn_gen=None)
+        state.update(_core=None, _sample_fn=None, _postprocess_fn_gen=None, _potential_fn_gen=None)
         return state
 
     def _init_model(self, rng_key, first_key, init_params, model_args, model_kwargs) -> dict:

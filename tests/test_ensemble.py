@@ -18,7 +18,7 @@ import numpyro.distributions as dist
 import optax
 import pytest
 
-from numpyro_smile import ModelError, ResetWarning, SMILEEnsemble
+from numpyro_smile import ModelError, ResetWarning, SMILEConfig, SMILEEnsemble, tuning
 from numpyro_smile.models import mlp_classification, mlp_regression
 
 N, P, B, K = 400, 3, 50, 4
@@ -147,7 +147,7 @@ def stressed_run():
         num_samples=100,
         thinning=1,
         pretrain_epochs=0,
-        kernel_kwargs={"step_size": 0.5, "adapt": False},
+        config=SMILEConfig(step_size=0.5, adapt=False),
         log_likelihood=37,
     )
     with pytest.warns(ResetWarning) as record:
@@ -197,8 +197,8 @@ def test_full_batch_mode_is_mile():
         log_likelihood=False,
     )
     idata = ensemble.run(jax.random.key(2), X, y)
-    assert ensemble.kernel.subsample_plates == {}
-    assert ensemble.last_state.mclmc_tuner is not None  # MILE's tuner, not SMILE's
+    assert ensemble.plan.plates == () and ensemble.plan.variant == "MILE"
+    assert isinstance(ensemble.last_state.tuner, tuning.MCLMCTunerState)  # MILE's, not SMILE's
     assert idata.posterior.attrs["sampler"] == "MILE"
     assert "L" in idata.sample_stats and "log_likelihood" not in idata.groups()
     # pretraining still used the model's mini-batches: 200 // 64 = 3 steps per epoch
@@ -264,12 +264,18 @@ def test_equinox_module_through_numpyro_contrib():
         ({"num_warmup": -1}, "num_warmup must be an integer >= 0"),
         ({"patience": 0}, "patience must be an integer >= 1"),
         ({"log_likelihood": 0}, "log_likelihood \\(a subset size\\) must be"),
-        ({"kernel_kwargs": {"model": None}}, "kernel_kwargs must not set"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SMILEEnsemble(mlp_regression, **kwargs)
+
+
+def test_config_is_a_smile_config():
+    with pytest.raises(TypeError, match="config must be a SMILEConfig"):
+        SMILEEnsemble(mlp_regression, config={"step_size": 1e-3})
+    with pytest.raises(TypeError, match="precondition must be True or False"):
+        SMILEConfig(precondition="yes")
 
 
 def test_bad_run_inputs():

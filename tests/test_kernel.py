@@ -20,8 +20,7 @@ import pytest
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC
 
-import numpyro_smile.kernel as kernel_module
-from numpyro_smile import SMILE, ModelError
+from numpyro_smile import SMILE, ModelError, sampler
 
 from .conftest import BLR_N, linear_regression
 
@@ -269,7 +268,7 @@ def test_resume_from_post_warmup_state(blr):
     args = (blr.X, blr.y)
     mcmc.warmup(jax.random.key(0), *args, subsample_size=BATCH, init_params=blr.dispersed_init(2))
     warm = mcmc.post_warmup_state
-    assert int(warm.i[0]) == 300 and warm.energy_tuner.count[0] == 301
+    assert int(warm.i[0]) == 300 and warm.tuner.count[0] == 301
     mcmc.run(jax.random.key(1), *args, subsample_size=BATCH)
     steps = mcmc.get_extra_fields()["step_size"].reshape(2, 50)
     np.testing.assert_allclose(steps, np.broadcast_to(warm.step_size[:, None], (2, 50)))
@@ -283,15 +282,21 @@ def test_adaptation_during_sampling_is_optional(blr):
 
 
 def test_sampling_loop_is_traced_once_per_run(blr, monkeypatch):
-    """The per-chain step is traced exactly once per MCMC.run, whatever the number of steps."""
+    """The core's public step is traced exactly once per MCMC.run, whatever the number of
+    steps (a Python call of ``step`` happens only while JAX traces it)."""
     traces = []
-    original = kernel_module._chain_step
+    build_kernel = sampler.build_kernel
 
-    def counting_step(*args, **kwargs):
-        traces.append(1)
-        return original(*args, **kwargs)
+    def counting_build_kernel(*args, **kwargs):
+        core = build_kernel(*args, **kwargs)
 
-    monkeypatch.setattr(kernel_module, "_chain_step", counting_step)
+        def step(*step_args):
+            traces.append(1)
+            return core.step(*step_args)
+
+        return core._replace(step=step)
+
+    monkeypatch.setattr(sampler, "build_kernel", counting_build_kernel)
     for num_samples in (20, 200):
         traces.clear()
         run_blr(blr, num_warmup=50, num_samples=num_samples, num_chains=2)

@@ -10,8 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-import numpyro_smile.ensemble as ensemble_module
-from numpyro_smile import SMILEEnsemble, memory
+from numpyro_smile import SMILEConfig, SMILEEnsemble, loops, memory
 from numpyro_smile.models import mlp_regression
 
 HIDDEN, N, B = (316, 316), 64, 16  # 1 + 316 + 316 * 316 + 316 + 316 + 1 + log_sigma
@@ -46,7 +45,7 @@ def test_draws_stream_to_host_memory(monkeypatch):
         thinning=1,
         pretrain_epochs=1,
         log_likelihood=False,
-        kernel_kwargs={"integrator": "leapfrog"},
+        config=SMILEConfig(integrator="leapfrog"),
     )
     chunks = []  # (live device bytes, bytes of the chunk) after each chunk of draws
 
@@ -54,8 +53,8 @@ def test_draws_stream_to_host_memory(monkeypatch):
         chunks.append((_live_device_bytes(), sum(a.nbytes for a in jax.tree.leaves(buffer))))
         return store.original(host, buffer, *args)
 
-    store.original = ensemble_module._store
-    monkeypatch.setattr(ensemble_module, "_store", store)
+    store.original = loops.store
+    monkeypatch.setattr(loops, "store", store)
     before = _live_device_bytes()
     measure_host = memory.reset_peak_rss()
     host_before = memory.peak_rss_bytes()  # right after a reset: the current resident set

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from numpyro_smile import SMILEEnsemble
+from numpyro_smile import SMILEConfig, SMILEEnsemble
 from numpyro_smile.checkpoint import load_checkpoint
 from numpyro_smile.models import mlp_regression
 
@@ -125,9 +125,9 @@ def test_resume_checks_the_checkpoint(runs, settings, message):
 
 
 def test_resume_checks_the_kernel_state(runs, tmp_path):
-    other = ensemble(S, kernel_kwargs={"batch_schedule": "with_replacement"})
+    other = ensemble(S, config=SMILEConfig(batch_schedule="with_replacement"))
     with (
-        pytest.warns(UserWarning, match="kernel_kwargs"),
+        pytest.warns(UserWarning, match="other sampler settings"),
         pytest.raises(ValueError, match=r"sampler state does not fit .*batches"),
     ):
         other.run(jax.random.key(0), *data(), resume_from=runs["path"])
