@@ -23,7 +23,6 @@ gives a progress bar (:mod:`numpyro_smile.runtime`) and streams draws to host me
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +55,7 @@ from numpyro_smile import (
 from numpyro_smile.batching import PlateInfo
 from numpyro_smile.config import SMILEConfig
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY
-from numpyro_smile.runtime import PROGRESS_CHUNKS, Progress, Timings
+from numpyro_smile.runtime import Progress, Timings
 from numpyro_smile.sampler import SMILEState
 
 __all__ = ["SMILEEnsemble", "default_pretrain_optimizer"]
@@ -295,70 +294,51 @@ class SMILEEnsemble:
 
     # ------------------------------------------------------------------ the pipeline
 
-    def _pipeline(
-        self,
-        rng_key,
-        model_args,
-        model_kwargs,
-        validation,
-        init_params,
-        resume_from,
-        warmup_only=False,
-    ):
+    def _pipeline(self, rng_key, model_args, model_kwargs, validation, init_params, resume_from,
+                  warmup_only=False):  # fmt: skip
+        """run = pretrain + init + warmup + sample; resume = restore + warmup left + sample."""
         start, timings = time.perf_counter(), Timings()
         self.timings = timings.seconds
         model_views.check_finite_data(model_args, model_kwargs)
         self._plates = model_views.inspect_model(self._model, model_args, model_kwargs)
-        validation_loss = None
         if validation is not None:
-            validation_loss = targets.validation_loss(self._model, validation, model_kwargs)
+            validation = targets.validation_loss(self._model, validation, model_kwargs)
         key_init, key_pretrain, key_chains, key_post = jax.random.split(rng_key, 4)
         mesh = sharding.member_mesh(self.devices, self.num_members)
         arrays, bind = model_views.split_model_args(model_args, model_kwargs)
         arrays = sharding.replicate(arrays, mesh)
         saved = _load(resume_from, self) if resume_from is not None else None
         info = model_views.initialize_subsampled_model(
-            jax.random.split(key_init, self.num_members),
-            self._model,
-            self._plates,
-            self.init_strategy,
-            model_args,
-            model_kwargs,
+            jax.random.split(key_init, self.num_members), self._model, self._plates,
+            self.init_strategy, model_args, model_kwargs,
             shapes_only=init_params is not None or saved is not None,
-        )
+        )  # fmt: skip
         initial = info.param_info.z
         if saved is not None:
             self._check_resumable(saved, initial)
-            self.pretrained_params, self._pretraining = (
-                saved.pretrained_params,
-                dict(saved.pretraining),
-            )
+            self.pretrained_params = saved.pretrained_params
+            self._pretraining = dict(saved.pretraining)
         elif init_params is not None:
             one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), initial)
             targets.check_init_params(init_params, one, self.num_members)
             initial = jax.tree.map(jnp.asarray, init_params)
-        unravel = _flat_structure(initial)[1]
-        num_warmup = saved.num_warmup if saved is not None else self.num_warmup
-        remaining = max(0, saved.num_warmup - saved.steps) if saved is not None else num_warmup
-        pretraining = 0 if saved is not None else self._pretrain_length()
+        num_warmup = self.num_warmup if saved is None else saved.num_warmup
+        remaining = num_warmup if saved is None else max(0, num_warmup - saved.steps)
+        pretraining = self._pretrain_length() if saved is None else 0
         total = pretraining + remaining + (0 if warmup_only else self.num_samples)
         with Progress(total, self.progress_bar) as progress:
             if saved is None:
-                positions = jax.vmap(lambda z: ravel_pytree(z)[0])(initial)
-                positions = self._pretrain(
-                    info.potential_fn, unravel, positions, validation_loss,
-                    arrays, bind, mesh, key_pretrain, timings, progress,
+                self._pretrain(
+                    info.potential_fn, initial, validation, arrays, bind, mesh, key_pretrain,
+                    timings, progress,
                 )  # fmt: skip
-                self.pretrained_params = jax.device_get(jax.vmap(unravel)(positions))
-            members = self.pretrained_params if self.pretrained_params is not None else initial
-            core, target_fn = self._build_core(
-                key_chains, members, model_args, model_kwargs, num_warmup
-            )
+            members = initial if self.pretrained_params is None else self.pretrained_params
+            core, target_fn = self._build_core(key_chains, members, model_args, model_kwargs,
+                                               num_warmup)  # fmt: skip
             init_all = self._init_all(core, target_fn, key_chains, model_args, model_kwargs)
             with timings.phase("init"):
                 if saved is None:
-                    params = sharding.shard_members(self.pretrained_params, mesh, self.num_members)
-                    state = init_all(params)
+                    state = init_all(sharding.shard_members(members, mesh, self.num_members))
                 else:
                     template = jax.eval_shape(init_all, initial)
                     state = jax.device_put(checkpoint.restore_state(saved, template))
@@ -372,12 +352,14 @@ class SMILEEnsemble:
             self.timings["warmup_s"] = 0.0
             if remaining:
                 with timings.phase("warmup"):
-                    state = self._advance(advance, state, remaining, arrays, progress, "warmup")
+                    state = loops.run_steps(
+                        advance(), state, remaining, arrays, self._reporter(progress, "warmup")
+                    )
             self.post_warmup_state = self.last_state = state
             if warmup_only:
                 self.timings["total_s"] = time.perf_counter() - start
                 return None
-            draws, stats, state = self._sample(step, advance, state, arrays, timings, progress)
+            draws, state = self._sample(step, advance, state, arrays, timings, progress)
         self.last_state = state
         attrs = {
             "sampler": self.plan.variant,
@@ -386,91 +368,59 @@ class SMILEEnsemble:
             "num_samples": self.num_samples,
             "thinning": self.thinning,
             "num_devices": 1 if mesh is None else mesh.size,
-        }
-        if saved is not None:
-            attrs["resumed_at_step"] = saved.steps
-        return self._to_inference_data(
-            model_args, model_kwargs, draws, stats, key_post, attrs, start
-        )
+        } | ({} if saved is None else {"resumed_at_step": saved.steps})
+        return self._to_inference_data(model_args, model_kwargs, draws, key_post, attrs, start)
 
     def _pretrain_length(self) -> int:
         return self.pretrain_epochs if self.pretrain_steps is None else self.pretrain_steps
 
-    def _pretrain(
-        self,
-        potential_gen,
-        unravel,
-        positions,
-        validation_loss,
-        arrays,
-        bind,
-        mesh,
-        key,
-        timings,
-        progress,
-    ):
-        """Train the members (positions ``(K, d)``) with :func:`numpyro_smile.pretrain.pretrain`."""
-        length = self._pretrain_length()
-        if length == 0:
-            self._pretraining = {}
-            return positions
-        plates = tuple(
-            (name, PlateInfo(p.size, min(self.pretrain_batch_size or p.subsample_size, p.size)))
-            for name, p in self._plates.items()
-        )
-        num_data = plates[0][1].size if plates else 1
-        steps_per_epoch = plates[0][1].size // plates[0][1].subsample_size if plates else 1
-        num_epochs = self.pretrain_epochs
-        if self.pretrain_steps is not None:
-            num_epochs = math.ceil(self.pretrain_steps / steps_per_epoch)
-            steps_per_epoch = min(steps_per_epoch, self.pretrain_steps)
-        potential = model_views.flat_potential(potential_gen, unravel, bind)
-        validation = None
-        if validation_loss is not None:
-            loss, validation_arrays = validation_loss
-            validation = (lambda x, data: loss(x, unravel, data), validation_arrays)
-        unit = 1 if self.pretrain_steps is None else steps_per_epoch
-        positions, self._pretraining = pretrain.pretrain(
-            lambda x, indices, arrays: potential(x, indices, arrays) / num_data,
-            positions,
-            arrays,
-            key,
-            optimizer=self.pretrain_optimizer,
-            plates=plates,
-            num_epochs=num_epochs,
-            steps_per_epoch=steps_per_epoch,
-            validation=validation,
-            patience=self.patience,
-            mesh=mesh,
-            timings=timings,
-            on_epochs=lambda count: progress.update(count * unit, "pretraining"),
-        )
-        progress.update(max(0, length - progress.phase_done("pretraining")), "pretraining")
-        return positions
+    def _pretrain(self, potential_gen, initial, validation, arrays, bind, mesh, key, timings,
+                  progress):  # fmt: skip
+        """Train the members with :func:`numpyro_smile.pretrain.pretrain`; sets
+        ``pretrained_params`` and the curves."""
+        unravel = _flat_structure(initial)[1]
+        positions = jax.vmap(lambda z: ravel_pytree(z)[0])(initial)
+        self._pretraining = {}
+        if self._pretrain_length() > 0:
+            plates, num_epochs, steps_per_epoch = pretrain.epoch_schedule(
+                self._plates, self.pretrain_batch_size, self.pretrain_epochs, self.pretrain_steps
+            )
+            num_data = plates[0][1].size if plates else 1
+            potential = model_views.flat_potential(potential_gen, unravel, bind)
+            if validation is not None:
+                loss, held_out = validation
+                validation = (lambda x, data: loss(x, unravel, data), held_out)
+            unit = 1 if self.pretrain_steps is None else steps_per_epoch
+            positions, self._pretraining = pretrain.pretrain(
+                lambda x, indices, arrays: potential(x, indices, arrays) / num_data,
+                positions, arrays, key, optimizer=self.pretrain_optimizer, plates=plates,
+                num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, validation=validation,
+                patience=self.patience, mesh=mesh, timings=timings,
+                on_epochs=lambda count: progress.update(count * unit, "pretraining"),
+            )  # fmt: skip
+            left = self._pretrain_length() - progress.phase_done("pretraining")
+            progress.update(max(0, left), "pretraining")
+        self.pretrained_params = jax.device_get(jax.vmap(unravel)(positions))
 
     def _build_core(self, key, members, model_args, model_kwargs, num_warmup):
-        """The sampler core for these data (full-data view in MILE mode) and its target."""
+        """The sampler core for these data (the full-data view in MILE mode), its target."""
         model, plates = self._model, self._plates
         if self.full_batch and plates:
             model, plates = model_views.full_data_model(self._model, plates), {}
-        first_key = jax.random.split(key, self.num_members)[0]
         info = model_views.initialize_subsampled_model(
-            first_key, model, plates, self.init_strategy, model_args, model_kwargs, shapes_only=True
-        )
+            jax.random.split(key, self.num_members)[0], model, plates, self.init_strategy,
+            model_args, model_kwargs, shapes_only=True,
+        )  # fmt: skip
         flat, unravel = _flat_structure(members)
-        plan = sampler.make_plan(
-            self.config.replace(pretrain_steps=0),
-            plates,
-            num_warmup,
-            flat.shape[0],
-            tuning.MILE_ENERGY_VAR,
+        config = self.config.replace(pretrain_steps=0)
+        self.plan = sampler.make_plan(
+            config, plates, num_warmup, flat.shape[0], tuning.MILE_ENERGY_VAR
         )
-        self.plan = plan
 
         def target_fn(args, kwargs):
             return targets.model_target(model, info.potential_fn, plates, unravel, args, kwargs)
 
-        return sampler.build_kernel(plan, self.num_members), target_fn
+        return sampler.build_kernel(self.plan, self.num_members), target_fn
 
     def _init_all(self, core, target_fn, key, model_args, model_kwargs):
         """``init_params -> state`` of all members (as ``SMILE.init`` with one key each)."""
@@ -479,84 +429,47 @@ class SMILEEnsemble:
 
         def init_all(init_params):
             target = target_fn(model_args, model_kwargs)
-            state = jax.vmap(lambda z, k: core.init(ravel_pytree(z)[0], k, target))(
-                init_params, keys
-            )
-            return state._replace(rng_key=key_state)
+            init = jax.vmap(lambda z, k: core.init(ravel_pytree(z)[0], k, target))
+            return init(init_params, keys)._replace(rng_key=key_state)
 
         return jax.jit(init_all)
 
-    def _advance(self, advance, state, num_steps, arrays, progress, phase):
-        chunk = max(1, math.ceil(num_steps / PROGRESS_CHUNKS))
-        for done in range(0, num_steps, chunk):
-            count = min(chunk, num_steps - done)
-            state = advance()(state, count, arrays)
-            progress.update(count, phase, self._status(state))
-        return state
+    def _reporter(self, progress: Progress, phase: str) -> Callable:
+        def report(count, state):
+            status = diagnostics.status_text(self.plan.mode, self.plan.expected_reset_rate, state)
+            progress.update(count * (self.thinning if phase == "sampling" else 1), phase, status)
+
+        return report
 
     def _sample(self, step, advance, state, arrays, timings, progress):
         """Sampling with thinning inside the compiled loop; draws streamed to host."""
-        num_draws = self.num_draws
         dim = sum(int(np.prod(np.shape(v)[1:])) for v in jax.tree.leaves(state.z))
         chunk = loops.draws_per_chunk(
-            num_draws, self.num_members, dim, replay.CHUNK_ELEMENTS, self.draws_per_chunk
+            self.num_draws, self.num_members, dim, replay.CHUNK_ELEMENTS, self.draws_per_chunk
         )
-        full_batch = not self.plan.plates
-
-        def record(state, resets):
-            stats = {
-                "lp": -state.potential_energy,
-                "step_size": state.step_size,
-                "energy_change": state.energy_change,
-                "diverging": resets > 0,
-                "resets": resets,
-            }
-            if full_batch:
-                stats["L"] = state.L
-            return {"z": state.z, "stats": stats}
-
+        record = loops.record_fn(full_batch=not self.plan.plates)
         sample_chunk = loops.sample_chunk_fn(step, record, self.thinning, chunk)
         with timings.phase("sampling"):
             compiled = timings.compile(sample_chunk, state, 1, arrays)
-            host, pending = None, None
-            for done in range(0, num_draws, chunk):
-                count = min(chunk, num_draws - done)
-                state, buffer = compiled(state, count, arrays)
-                for leaf in jax.tree.leaves(buffer):
-                    leaf.copy_to_host_async()
-                if pending is not None:
-                    host = loops.store(host, *pending, num_draws)
-                pending = (buffer, done, count)
-                progress.update(count * self.thinning, "sampling", self._status(state))
-            host = loops.store(host, *pending, num_draws)
-            leftover = self.num_samples - num_draws * self.thinning
+            report = self._reporter(progress, "sampling")
+            draws, state = loops.collect_draws(
+                compiled, state, arrays, self.num_draws, chunk, report
+            )
+            leftover = self.num_samples - self.num_draws * self.thinning
             if leftover:  # steps past the last kept draw, so the chain ran num_samples steps
                 state = advance()(state, leftover, arrays)
                 progress.update(leftover, "sampling")
-        return host["z"], host["stats"], state
+        return draws, state
 
-    def _status(self, state) -> str:
-        return diagnostics.status_text(self.plan.mode, self.plan.expected_reset_rate, state)
-
-    def _to_inference_data(self, model_args, model_kwargs, draws, stats, key_post, attrs, start):
-        post_start = time.perf_counter()
-        replays: dict = {}
+    def _to_inference_data(self, model_args, model_kwargs, draws, key_post, attrs, start):
+        post_start, replays = time.perf_counter(), {}
         idata = inference_data.to_inference_data(
-            self._model,
-            model_args,
-            model_kwargs,
-            subsample_plates=self._plates,
-            draws=draws,
-            sample_stats=stats,
-            pretrained=self.pretrained_params,
-            pretraining=self._pretraining,
-            rng_key=key_post,
-            log_likelihood=self.log_likelihood,
-            posterior_predictive=self.posterior_predictive,
-            attrs=attrs,
-            memory_budget=self.memory_budget,
-            memory_stats=replays,
-        )
+            self._model, model_args, model_kwargs, subsample_plates=self._plates,
+            draws=draws["z"], sample_stats=draws["stats"], pretrained=self.pretrained_params,
+            pretraining=self._pretraining, rng_key=key_post, log_likelihood=self.log_likelihood,
+            posterior_predictive=self.posterior_predictive, attrs=attrs,
+            memory_budget=self.memory_budget, memory_stats=replays,
+        )  # fmt: skip
         self.memory = {
             "peak_rss_bytes": memory.peak_rss_bytes(),
             "device_peak_bytes": memory.device_peak_bytes(),
@@ -565,8 +478,7 @@ class SMILEEnsemble:
         }
         self.timings["postprocess_s"] = time.perf_counter() - post_start
         self.timings["total_s"] = time.perf_counter() - start
-        for name, seconds in self.timings.items():
-            idata.sample_stats.attrs[name] = round(seconds, 3)
+        idata.sample_stats.attrs.update({k: round(v, 3) for k, v in self.timings.items()})
         diagnostics.check_resets(self.last_state, self.plan, label="members")
         return idata
 

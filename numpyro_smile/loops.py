@@ -19,7 +19,15 @@ import numpy as np
 
 from numpyro_smile.runtime import PROGRESS_CHUNKS
 
-__all__ = ["advance_fn", "draws_per_chunk", "sample_chunk_fn", "store"]
+__all__ = [
+    "advance_fn",
+    "collect_draws",
+    "draws_per_chunk",
+    "record_fn",
+    "run_steps",
+    "sample_chunk_fn",
+    "store",
+]
 
 
 def advance_fn(step: Callable) -> Callable:
@@ -77,3 +85,61 @@ def store(host: dict | None, buffer: Any, start: int, count: int, num_draws: int
     for dest, src in zip(jax.tree.leaves(host), jax.tree.leaves(chunk)):
         dest[:, start : start + count] = np.swapaxes(src[:count], 0, 1)
     return host
+
+
+def record_fn(full_batch: bool) -> Callable:
+    """``(state, resets) -> {"z", "stats"}``: what a draw keeps (``L`` only in full batch,
+    where it is tuned)."""
+
+    def record(state, resets):
+        stats = {
+            "lp": -state.potential_energy,
+            "step_size": state.step_size,
+            "energy_change": state.energy_change,
+            "diverging": resets > 0,
+            "resets": resets,
+        }
+        if full_batch:
+            stats["L"] = state.L
+        return {"z": state.z, "stats": stats}
+
+    return record
+
+
+def run_steps(
+    advance: Callable, state: Any, num_steps: int, arrays: Any, on_chunk: Callable
+) -> Any:
+    """``num_steps`` steps in :data:`PROGRESS_CHUNKS` calls of the compiled ``advance``;
+    ``on_chunk(count, state)`` after each."""
+    chunk = max(1, math.ceil(num_steps / PROGRESS_CHUNKS))
+    for done in range(0, num_steps, chunk):
+        count = min(chunk, num_steps - done)
+        state = advance(state, count, arrays)
+        on_chunk(count, state)
+    return state
+
+
+def collect_draws(
+    sample_chunk: Callable,
+    state: Any,
+    arrays: Any,
+    num_draws: int,
+    chunk: int,
+    on_chunk: Callable,
+) -> tuple[Any, Any]:
+    """Run the compiled ``sample_chunk`` until ``num_draws`` draws are on the host.
+
+    Each chunk starts its copy to host memory as soon as it is produced and is stored while
+    the next one runs. Returns ``(host draws with leaves (K, num_draws, ...), state)``.
+    """
+    host, pending = None, None
+    for done in range(0, num_draws, chunk):
+        count = min(chunk, num_draws - done)
+        state, buffer = sample_chunk(state, count, arrays)
+        for leaf in jax.tree.leaves(buffer):
+            leaf.copy_to_host_async()
+        if pending is not None:
+            host = store(host, *pending, num_draws)
+        pending = (buffer, done, count)
+        on_chunk(count, state)
+    return store(host, *pending, num_draws), state

@@ -34,7 +34,14 @@ from jax.sharding import Mesh
 from numpyro_smile import batching, sharding
 from numpyro_smile.runtime import PROGRESS_CHUNKS, Timings
 
-__all__ = ["PretrainState", "pretrain", "pretrain_epochs", "pretrain_init", "train_steps"]
+__all__ = [
+    "PretrainState",
+    "epoch_schedule",
+    "pretrain",
+    "pretrain_epochs",
+    "pretrain_init",
+    "train_steps",
+]
 
 
 class PretrainState(NamedTuple):
@@ -338,3 +345,30 @@ def pretrain(
         curves["best_epoch"] = np.asarray(state.best_epoch)
     curves["num_epochs"] = np.full(num_members, done)
     return state.best_position, curves
+
+
+def epoch_schedule(
+    plates: dict, batch_size: int | None, num_epochs: int, num_steps: int | None
+) -> tuple[tuple, int, int]:
+    """The pretraining batches and epochs of a model's subsample plates.
+
+    Args:
+        plates: ``{name: PlateInfo(N, B)}`` of the model (empty: full batch).
+        batch_size: the pretraining batch size (``None``: the model's ``B``), at most N.
+        num_epochs: epochs to train (used when ``num_steps`` is ``None``).
+        num_steps: alternatively, optimizer steps (an epoch is then at most that many).
+
+    Returns:
+        ``(plates, num_epochs, steps_per_epoch)`` with ``plates`` as
+        ``((name, PlateInfo(N, batch)), ...)``; an epoch is N // batch steps (one full-data
+        step without a subsample plate).
+    """
+    plates = tuple(
+        (name, batching.PlateInfo(p.size, min(batch_size or p.subsample_size, p.size)))
+        for name, p in plates.items()
+    )
+    steps_per_epoch = plates[0][1].size // plates[0][1].subsample_size if plates else 1
+    if num_steps is not None:
+        num_epochs = math.ceil(num_steps / steps_per_epoch)
+        steps_per_epoch = min(steps_per_epoch, num_steps)
+    return plates, num_epochs, steps_per_epoch
