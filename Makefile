@@ -5,12 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format benchmark benchmark-uci benchmark-scale notebooks docs clean
+.PHONY: demo test test-fast lint typecheck format benchmark benchmark-uci benchmark-scale notebooks docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,demo]"
+	$(PY) -m pip install --quiet -e ".[test,demo,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)  ## BNN on scikit-learn's diabetes data: deep ensemble vs SMILE vs MILE, outputs/demo.{nc,png}
@@ -22,9 +22,12 @@ test: $(STAMP)  ## the whole suite, statistical tests included (what CI runs)
 test-fast: $(STAMP)  ## quick subset for local iteration
 	$(PY) -m pytest -m "not slow"
 
-lint: $(STAMP)
+lint: typecheck  ## ruff (lint and format), after the type checker
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)  ## mypy on the modules listed in pyproject.toml ([tool.mypy] files)
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

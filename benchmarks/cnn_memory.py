@@ -30,7 +30,7 @@ import numpyro.distributions as dist
 from numpyro_smile import SMILEEnsemble, memory
 
 
-def cnn(X, y=None, batch_size=None):
+def cnn(X, y=None, subsample_size=None):
     """The network of the memory issue, on (N, 8, 8, 1) images and 10 classes."""
 
     def weight(name, shape):
@@ -46,7 +46,7 @@ def cnn(X, y=None, batch_size=None):
         padding="SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    with numpyro.plate("data", X.shape[0], subsample_size=batch_size):
+    with numpyro.plate("data", X.shape[0], subsample_size=subsample_size):
         x = numpyro.subsample(X, event_dim=3)
         h = jax.nn.relu(conv(x, w1) + b1)
         h = jax.nn.relu(conv(h, w2) + b2)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     train, valid, test = load_digits(args.seed)
     ensemble = SMILEEnsemble(
-        partial(cnn, batch_size=args.batch_size),
+        partial(cnn, subsample_size=args.batch_size),
         num_members=args.members,
         num_warmup=args.warmup,
         num_samples=args.samples,

@@ -36,11 +36,11 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict]:
         model = partial(
             mlp_classification,
             num_classes=num_classes,
-            batch_size=args.batch_size,
+            subsample_size=args.batch_size,
             hidden=tuple(args.hidden),
         )
     else:
-        model = partial(mlp_regression, batch_size=args.batch_size, hidden=tuple(args.hidden))
+        model = partial(mlp_regression, subsample_size=args.batch_size, hidden=tuple(args.hidden))
     records = []
     for mode in ("smile", "mile"):
         ensemble = SMILEEnsemble(

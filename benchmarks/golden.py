@@ -32,22 +32,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 from numpyro.infer import MCMC
 
 from numpyro_smile import SMILE, SMILEEnsemble
-from numpyro_smile.models import mlp_regression
+from numpyro_smile.models import linear_regression, mlp_regression
 
 README = Path(__file__).parents[1] / "README.md"
 
 
-def _linear_regression(X, y=None, subsample_size=None):
-    beta = numpyro.sample("beta", dist.Normal(0, 10.0).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("N", X.shape[0], subsample_size=subsample_size):
-        xb = numpyro.subsample(X, event_dim=1)
-        yb = numpyro.subsample(y, event_dim=0) if y is not None else None
-        numpyro.sample("obs", dist.Normal(xb @ beta, 1.0), obs=yb)
+#: The tests' Bayesian linear regression: prior sd 10, noise sd 1, plate "N".
+_linear_regression = partial(linear_regression, prior_scale=10.0, noise_scale=1.0, plate_name="N")
 
 
 def _regression_data(n: int = 2000, d: int = 4, seed: int = 0):
@@ -143,7 +137,7 @@ def _ensemble_data(n: int = 600, seed: int = 0):
 
 def _ensemble(full_batch: bool, **kwargs) -> SMILEEnsemble:
     return SMILEEnsemble(
-        partial(mlp_regression, hidden=(8,), batch_size=32),
+        partial(mlp_regression, hidden=(8,), subsample_size=32),
         num_members=3,
         num_warmup=200,
         num_samples=200,

@@ -46,11 +46,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
 from numpyro.infer import MCMC
 
 from benchmarks.step_overhead import mlp_regression
-from numpyro_smile import SMILE, batching
+from numpyro_smile import SMILE, batching, models
 
 BATCH, NUM_CHAINS = 256, 4
 SIZES = (10_000, 100_000, 1_000_000)
@@ -63,12 +62,10 @@ MEMORY_CONFIGS = (  # (N, draws)
 )
 
 
-def linear_regression(X, y=None, subsample_size=None):
-    beta = numpyro.sample("beta", dist.Normal(0, 10).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("N", X.shape[0], subsample_size=subsample_size):
-        xb = numpyro.subsample(X, event_dim=1)
-        yb = numpyro.subsample(y, event_dim=0) if y is not None else None
-        numpyro.sample("obs", dist.Normal(xb @ beta, 1.0), obs=yb)
+#: Bayesian linear regression with prior sd 10 and noise sd 1 in the plate "N".
+linear_regression = partial(
+    models.linear_regression, prior_scale=10, noise_scale=1.0, plate_name="N"
+)
 
 
 MODELS = {

@@ -22,7 +22,6 @@ sampling loop) over the raw loop's compile time (goal <= 2). Run::
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import time
@@ -32,32 +31,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
 from numpyro.infer import MCMC
 from numpyro.infer.util import initialize_model
 
-from numpyro_smile import SMILE, model_views
+from numpyro_smile import SMILE, model_views, models
 
 N, D_IN, HIDDEN, BATCH, NUM_CHAINS = 100_000, 10, 32, 256, 4
 
 
 def mlp_regression(X, y=None, subsample_size=None):
-    """MLP 10-32-32-1 with N(0, 1) priors and a learned noise scale."""
-    sizes = [X.shape[1], HIDDEN, HIDDEN, 1]
-    weights = []
-    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        w = numpyro.sample(f"w{i}", dist.Normal(0, 1).expand([fan_in, fan_out]).to_event(2))
-        b = numpyro.sample(f"b{i}", dist.Normal(0, 1).expand([fan_out]).to_event(1))
-        weights.append((w, b))
-    log_sigma = numpyro.sample("log_sigma", dist.Normal(0, 1))
-    with numpyro.plate("data", X.shape[0], subsample_size=subsample_size):
-        h = numpyro.subsample(X, event_dim=1)
-        yb = numpyro.subsample(y, event_dim=0) if y is not None else None
-        for i, (w, b) in enumerate(weights):
-            h = h @ w + b
-            if i < len(weights) - 1:
-                h = jax.nn.relu(h)
-        numpyro.sample("y", dist.Normal(h[..., 0], jnp.exp(log_sigma)), obs=yb)
+    """MLP 10-32-32-1 with N(0, 1) priors and a learned noise scale: the package's
+    :func:`numpyro_smile.models.mlp_regression` with two hidden layers of 32."""
+    models.mlp_regression(X, y, subsample_size, hidden=(HIDDEN, HIDDEN))
 
 
 def make_data(seed: int = 0):

@@ -107,8 +107,8 @@ class Problem:
             base = partial(mlp_classification, num_classes=classes, hidden=hidden)
         else:
             base = partial(mlp_regression, hidden=hidden)
-        self.model = partial(base, batch_size=self.batch_size)
-        self.full_model = partial(base, batch_size=None)
+        self.model = partial(base, subsample_size=self.batch_size)
+        self.full_model = partial(base, subsample_size=None)
         self.budget = BUDGETS[args.budget]
         self.key = jax.random.key(seed)
 

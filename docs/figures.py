@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -24,24 +25,17 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC
 
-from numpyro_smile import SMILE
+from numpyro_smile import SMILE, models
 
 IMG = Path(__file__).parent / "img"
 BLUE, ORANGE, RED, GREY = "#3b5bdb", "#e8590c", "#c92a2a", "#868e96"
 
 
-def linear_regression(X, y=None, subsample_size=None):
-    """The README's quickstart model: y ~ N(X beta, 1), beta ~ N(0, 1)."""
-    beta = numpyro.sample("beta", dist.Normal(0, 1).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("N", X.shape[0], subsample_size=subsample_size):
-        xb = numpyro.subsample(X, event_dim=1)
-        yb = numpyro.subsample(y, event_dim=0) if y is not None else None
-        numpyro.sample("obs", dist.Normal(xb @ beta, 1.0), obs=yb)
+#: The README's quickstart model: y ~ N(X beta, 1), beta ~ N(0, 1), in the plate "N".
+linear_regression = partial(models.linear_regression, plate_name="N")
 
 
 def exact_posterior(X, y):

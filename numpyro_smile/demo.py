@@ -44,7 +44,7 @@ def run(
     num_warmup: int = 2000,
     num_samples: int = 4000,
     thinning: int = 10,
-    batch_size: int = 64,
+    subsample_size: int = 64,
     out_dir: str | Path = "outputs",
     seed: int = 0,
     progress_bar: bool | None = None,
@@ -60,9 +60,9 @@ def run(
     print(
         f"Diabetes: {num_train} training, {len(split.valid[0])} validation, "
         f"{len(split.test[0])} test patients, {num_features} features. "
-        f"BNN: MLP 16-16, {num_members} members, SMILE mini-batches of {batch_size}."
+        f"BNN: MLP 16-16, {num_members} members, SMILE mini-batches of {subsample_size}."
     )
-    model = partial(mlp_regression, hidden=(16, 16), batch_size=batch_size)
+    model = partial(mlp_regression, hidden=(16, 16), subsample_size=subsample_size)
     settings = dict(
         num_members=num_members,
         num_warmup=num_warmup,

@@ -48,6 +48,10 @@ DEFAULT_REPLAY_BUDGET = 256 * 2**20
 
 _PROC_STATUS, _PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
+#: How far the peak may exceed the resident size right after a reset that took effect: the
+#: resident set can shrink between the reset and the reading (other threads free memory).
+_RESET_SLACK_BYTES = 16 * 2**20
+
 #: Share of the budget that chunks are sized to fill by the estimate (the rest is headroom).
 HEADROOM = 0.9
 
@@ -167,15 +171,30 @@ def peak_rss_bytes() -> int:
 
 def reset_peak_rss() -> bool:
     """Reset the process's peak resident set to its current size, so that
-    :func:`peak_rss_bytes` measures from here (Linux; ``False`` where it is unavailable).
+    :func:`peak_rss_bytes` measures from here.
 
     For benchmarks and tests that measure one phase; the library itself never resets it.
+
+    Returns:
+        ``True`` when the reset took effect: right after it the peak (``VmHWM``) is within
+        16 MiB of the current resident size (``VmRSS``). ``False`` where it is unavailable
+        (not Linux, ``/proc/self/clear_refs`` not writable) or where the write is accepted
+        but ignored (some sandboxes): then :func:`peak_rss_bytes` still counts from the
+        process's start, and a caller that needs the peak of one phase cannot have it.
     """
     try:
         _PROC_CLEAR_REFS.write_text("5")
+        status = _PROC_STATUS.read_text()
     except OSError:
         return False
-    return True
+    sizes = {}
+    for line in status.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS") and value.split():
+            sizes[name] = int(value.split()[0]) * 1024
+    if len(sizes) < 2:
+        return False
+    return sizes["VmHWM"] - sizes["VmRSS"] <= _RESET_SLACK_BYTES
 
 
 def device_peak_bytes() -> int | None:

@@ -111,7 +111,8 @@ class EnergyTunerState(NamedTuple):
 
     abs_mean: Array
     abs_std: Array
-    count: Array
+    # The field shadows tuple.count (the name is part of the state and of checkpoints).
+    count: Array  # type: ignore[assignment]
 
 
 def energy_tuner_init(dtype=jnp.float32) -> EnergyTunerState:
@@ -423,7 +424,7 @@ class MCLMCTunerState(NamedTuple):
         trace_coords: ``(trace_dims,)`` coordinates kept in the trace (random subset if d > 2000).
     """
 
-    count: Array
+    count: Array  # type: ignore[assignment]  # shadows tuple.count, as above
     energy: EnergyVarianceState
     moment_weight: Array
     moment_x: Array

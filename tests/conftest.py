@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
 import pytest
+
+from numpyro_smile import models
 
 numpyro.set_host_device_count(1)
 
@@ -43,12 +44,16 @@ BLR_NOISE_SD, BLR_PRIOR_SD = 1.0, 10.0
 
 
 def linear_regression(X, y=None, subsample_size=None):
-    """Bayesian linear regression, known noise sd; the likelihood sits in a subsample plate."""
-    beta = numpyro.sample("beta", dist.Normal(0, BLR_PRIOR_SD).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("N", X.shape[0], subsample_size=subsample_size):
-        xb = numpyro.subsample(X, event_dim=1)
-        yb = numpyro.subsample(y, event_dim=0) if y is not None else None
-        numpyro.sample("obs", dist.Normal(xb @ beta, BLR_NOISE_SD), obs=yb)
+    """:func:`numpyro_smile.models.linear_regression` with the tests' prior sd 10, noise sd 1
+    and plate name ``"N"`` (the tests' numbers and plate assertions depend on them)."""
+    models.linear_regression(
+        X,
+        y,
+        subsample_size,
+        prior_scale=BLR_PRIOR_SD,
+        noise_scale=BLR_NOISE_SD,
+        plate_name="N",
+    )
 
 
 class LinearRegressionProblem:

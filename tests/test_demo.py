@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import arviz as az
+import numpy as np
 
 from numpyro_smile import demo
 
@@ -15,9 +16,17 @@ def test_demo_writes_inference_data_and_figure(tmp_path, capsys):
     for row in ("test LPPD", "test RMSE", "calibration error", "run time, s"):
         assert row in table
     assert set(result["metrics"]) == {"deep ensemble", "SMILE", "MILE"}
-    for metrics in result["metrics"].values():
+    # The bar a model must clear: any constant prediction c has test RMSE
+    # sqrt(var(y_test) + (mean(y_test) - c)^2) >= sd(y_test), the test targets' own standard
+    # deviation (0.915 on this split: the targets are standardised with the whole table's
+    # statistics, not the test set's, so it is not 1). Predicting the training mean (or 0)
+    # scores about that, so a network that learned something must stay clearly below it; the
+    # full-budget demo reaches about 0.72 for all three methods.
+    split, _ = demo.load_diabetes(seed=0)
+    mean_predictor_rmse = float(np.std(split.test[1]))
+    for name, metrics in result["metrics"].items():
         assert {"lppd", "rmse", "calibration_error", "time_s"} <= set(metrics)
-        assert metrics["rmse"] < 1.5  # standardised targets: better than predicting noise
+        assert metrics["rmse"] < 0.9 * mean_predictor_rmse, (name, metrics["rmse"])
     netcdf, figure = result["paths"]
     loaded = az.from_netcdf(netcdf)
     assert {"posterior", "sample_stats", "log_likelihood", "pretrained"} <= set(loaded.groups())

@@ -36,7 +36,7 @@ def synthetic_regression(n: int, seed: int):
 def regression_run():
     X, y = synthetic_regression(N, 0)
     X_val, y_val = synthetic_regression(100, 1)
-    model = partial(mlp_regression, hidden=(8,), batch_size=B)
+    model = partial(mlp_regression, hidden=(8,), subsample_size=B)
     ensemble = SMILEEnsemble(
         model,
         num_members=K,
@@ -141,7 +141,7 @@ def stressed_run():
     """A fixed step size 100x too large, no pretraining, a log-likelihood subset."""
     X, y = synthetic_regression(N, 3)
     ensemble = SMILEEnsemble(
-        partial(mlp_regression, hidden=(8,), batch_size=B),
+        partial(mlp_regression, hidden=(8,), subsample_size=B),
         num_members=2,
         num_warmup=50,
         num_samples=100,
@@ -188,7 +188,7 @@ def test_log_likelihood_on_a_random_subset(stressed_run):
 def test_full_batch_mode_is_mile():
     X, y = synthetic_regression(200, 4)
     ensemble = SMILEEnsemble(
-        partial(mlp_regression, hidden=(4,), batch_size=B),
+        partial(mlp_regression, hidden=(4,), subsample_size=B),
         num_members=2,
         num_warmup=100,
         num_samples=20,
@@ -209,7 +209,7 @@ def test_classification_ensemble():
     rng = np.random.default_rng(5)
     X = rng.normal(size=(300, 2)).astype(np.float32)
     y = (X[:, 0] + X[:, 1] > 0).astype(np.int32)
-    model = partial(mlp_classification, num_classes=2, hidden=(4,), batch_size=64)
+    model = partial(mlp_classification, num_classes=2, hidden=(4,), subsample_size=64)
     ensemble = SMILEEnsemble(
         model, num_members=2, num_warmup=200, num_samples=100, thinning=5, pretrain_steps=402
     )
@@ -223,14 +223,14 @@ def test_classification_ensemble():
     assert metrics["lppd"] > -0.4
 
 
-def eqx_regression(X, y=None, batch_size=None):
+def eqx_regression(X, y=None, subsample_size=None):
     """An Equinox MLP lifted to latent sites by numpyro.contrib.module."""
     import equinox as eqx
     from numpyro.contrib.module import random_eqx_module
 
     net = eqx.nn.MLP(X.shape[1], "scalar", 8, 1, key=jax.random.key(0))
     net = random_eqx_module("net", net, prior=dist.Normal(0.0, 1.0))
-    with numpyro.plate("data", X.shape[0], subsample_size=batch_size):
+    with numpyro.plate("data", X.shape[0], subsample_size=subsample_size):
         x = numpyro.subsample(X, event_dim=1)
         target = None if y is None else numpyro.subsample(y, event_dim=0)
         numpyro.sample("y", dist.Normal(jax.vmap(net)(x), 0.2), obs=target)
@@ -240,7 +240,7 @@ def test_equinox_module_through_numpyro_contrib():
     pytest.importorskip("equinox")
     X, y = synthetic_regression(N, 6)
     ensemble = SMILEEnsemble(
-        partial(eqx_regression, batch_size=B),
+        partial(eqx_regression, subsample_size=B),
         num_members=2,
         num_warmup=100,
         num_samples=50,
@@ -280,7 +280,7 @@ def test_config_is_a_smile_config():
 
 def test_bad_run_inputs():
     X, y = synthetic_regression(100, 0)
-    ensemble = SMILEEnsemble(partial(mlp_regression, batch_size=200), num_members=2)
+    ensemble = SMILEEnsemble(partial(mlp_regression, subsample_size=200), num_members=2)
     with pytest.raises(ModelError, match="larger than the data"):
         ensemble.run(jax.random.key(0), X, y)
     with pytest.raises(TypeError, match="single JAX PRNG key"):
@@ -288,9 +288,9 @@ def test_bad_run_inputs():
     bad = y.copy()
     bad[3] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
-        SMILEEnsemble(partial(mlp_regression, batch_size=20)).run(jax.random.key(0), X, bad)
+        SMILEEnsemble(partial(mlp_regression, subsample_size=20)).run(jax.random.key(0), X, bad)
     with pytest.raises(TypeError, match="validation must be a tuple"):
-        SMILEEnsemble(partial(mlp_regression, batch_size=20)).run(
+        SMILEEnsemble(partial(mlp_regression, subsample_size=20)).run(
             jax.random.key(0), X, y, validation=X
         )
 
@@ -312,7 +312,7 @@ SHARDING_SCRIPT = textwrap.dedent(
     results = {{}}
     for label, devices in [("sharded", jax.devices()), ("single", jax.devices()[:1])]:
         ensemble = SMILEEnsemble(
-            partial(mlp_regression, hidden=(8,), batch_size=50), num_members=4,
+            partial(mlp_regression, hidden=(8,), subsample_size=50), num_members=4,
             num_warmup=100, num_samples=60, thinning=3, pretrain_epochs=10,
             devices=devices, log_likelihood=False,
         )

@@ -17,9 +17,9 @@ from numpyro_smile.evaluation import expected_calibration_error, lppd, predict
 from .conftest import data_file
 
 
-def location_model(y=None, batch_size=None):
+def location_model(y=None, subsample_size=None):
     mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
-    with numpyro.plate("data", 300 if y is None else y.shape[0], subsample_size=batch_size):
+    with numpyro.plate("data", 300 if y is None else y.shape[0], subsample_size=subsample_size):
         target = None if y is None else numpyro.subsample(y, event_dim=0)
         numpyro.sample("y", dist.Normal(mu, 1.0), obs=target)
 
@@ -30,7 +30,7 @@ def test_regression_metrics_of_a_known_predictive():
     mu = rng.normal(0.0, 0.5, size=(4, 2000)).astype(np.float32)
     idata = az.from_dict(posterior={"mu": mu})
     y_test = rng.normal(0.0, np.sqrt(1.25), size=3000).astype(np.float32)
-    metrics = evaluate(location_model, idata, y_test, batch_size=64)
+    metrics = evaluate(location_model, idata, y_test, subsample_size=64)
     exact_lppd = np.mean(stats.norm(0, np.sqrt(1.25)).logpdf(y_test))
     # the mixture of 8000 draws approximates the exact predictive density closely
     assert abs(metrics["lppd"] - exact_lppd) < 0.01

@@ -141,7 +141,10 @@ def check_quickstart(results: dict) -> None:
     # Even the tiny run lands near the NUTS posterior (pretraining starts SMILE at the mode).
     assert results["max_mean_diff_in_sd"] < 5.0, results
     assert 0.2 < results["min_sd_ratio"] <= results["max_sd_ratio"] < 5.0, results
-    assert results["max_r_hat"] >= 0.98 and results["min_ess_bulk"] > 0, results
+    # R-hat and ESS: only computed (finite, above). No bound on their values: the tiny budget
+    # keeps 100 draws of 4 chains whose steps are short, so the chains have not mixed (R-hat
+    # about 2.3, bulk ESS about 5 when measured); the notebook's R-hat < 1.01 is a claim about
+    # its full budget, which the suite does not run. (The former "R-hat >= 0.98" held always.)
 
 
 def check_regression(results: dict) -> None:

@@ -27,7 +27,7 @@ K, S = 2, 16  # members x draws: 32 replays of the whole data set
 N = 512
 
 
-def attention_regressor(X, y=None, batch_size=None):
+def attention_regressor(X, y=None, subsample_size=None):
     """One causal self-attention layer over sequences of 64 steps of 16 features, mean-pooled
     to a scalar: a 64 x 64 attention matrix per sequence against one output."""
     d = X.shape[-1]
@@ -38,7 +38,7 @@ def attention_regressor(X, y=None, batch_size=None):
     wo = numpyro.sample("wo", dist.Normal(0, d**-0.5).expand([d]).to_event(1))
     steps = X.shape[1]
     causal = jnp.tril(jnp.ones((steps, steps), bool))
-    with numpyro.plate("data", X.shape[0], subsample_size=batch_size):
+    with numpyro.plate("data", X.shape[0], subsample_size=subsample_size):
         x = numpyro.subsample(X, event_dim=2)
         scores = jnp.einsum("ntd,nsd->nts", x @ wq, x @ wk) / jnp.sqrt(d)
         weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)

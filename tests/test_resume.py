@@ -32,7 +32,9 @@ def ensemble(num_samples: int, hidden=(8,), **kwargs) -> SMILEEnsemble:
         pretrain_epochs=2,
         log_likelihood=False,
     )
-    return SMILEEnsemble(partial(mlp_regression, hidden=hidden, batch_size=B), **options | kwargs)
+    return SMILEEnsemble(
+        partial(mlp_regression, hidden=hidden, subsample_size=B), **options | kwargs
+    )
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,11 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pytest
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC
 
-from numpyro_smile import SMILE, tuning
+from numpyro_smile import SMILE, models, tuning
 
 from .conftest import BLR_PRIOR_SD, linear_regression
 
@@ -75,11 +73,8 @@ def linear() -> Problem:
 
 
 def logistic_regression(X, y=None, subsample_size=None):
-    beta = numpyro.sample("beta", dist.Normal(0, BLR_PRIOR_SD).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("N", X.shape[0], subsample_size=subsample_size):
-        xb = numpyro.subsample(X, event_dim=1)
-        yb = numpyro.subsample(y, event_dim=0) if y is not None else None
-        numpyro.sample("obs", dist.Bernoulli(logits=xb @ beta), obs=yb)
+    """:func:`numpyro_smile.models.logistic_regression` with conftest's prior sd and plate."""
+    models.logistic_regression(X, y, subsample_size, prior_scale=BLR_PRIOR_SD, plate_name="N")
 
 
 @pytest.fixture(scope="module")

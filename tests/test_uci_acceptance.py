@@ -28,7 +28,7 @@ def test_airfoil_lppd_beats_the_deep_ensemble(full_batch):
     X, y = load_table(data_file("airfoil.data"))
     split = split_standardize(X, y, seed=1)
     ensemble = SMILEEnsemble(
-        partial(mlp_regression, hidden=(16, 16), batch_size=256),
+        partial(mlp_regression, hidden=(16, 16), subsample_size=256),
         num_members=4,
         num_warmup=5000,
         num_samples=10000,
