@@ -54,7 +54,7 @@ class EpochBatchState(NamedTuple):
     """
 
     key: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count; a saved field name
 
 
 _FEISTEL_ROUNDS = 4

@@ -132,14 +132,16 @@ def collect_draws(
     Each chunk starts its copy to host memory as soon as it is produced and is stored while
     the next one runs. Returns ``(host draws with leaves (K, num_draws, ...), state)``.
     """
-    host, pending = None, None
+    host: Any = None
+    pending: tuple[Any, int, int] | None = None
     for done in range(0, num_draws, chunk):
         count = min(chunk, num_draws - done)
         state, buffer = sample_chunk(state, count, arrays)
         for leaf in jax.tree.leaves(buffer):
             leaf.copy_to_host_async()
         if pending is not None:
-            host = store(host, *pending, num_draws)
+            host = store(host, pending[0], pending[1], pending[2], num_draws)
         pending = (buffer, done, count)
         on_chunk(count, state)
-    return store(host, *pending, num_draws), state
+    assert pending is not None, "num_draws must be positive"
+    return store(host, pending[0], pending[1], pending[2], num_draws), state

@@ -363,12 +363,12 @@ def epoch_schedule(
         ``((name, PlateInfo(N, batch)), ...)``; an epoch is N // batch steps (one full-data
         step without a subsample plate).
     """
-    plates = tuple(
+    batches = tuple(
         (name, batching.PlateInfo(p.size, min(batch_size or p.subsample_size, p.size)))
         for name, p in plates.items()
     )
-    steps_per_epoch = plates[0][1].size // plates[0][1].subsample_size if plates else 1
+    steps_per_epoch = batches[0][1].size // batches[0][1].subsample_size if batches else 1
     if num_steps is not None:
         num_epochs = math.ceil(num_steps / steps_per_epoch)
         steps_per_epoch = min(steps_per_epoch, num_steps)
-    return plates, num_epochs, steps_per_epoch
+    return batches, num_epochs, steps_per_epoch

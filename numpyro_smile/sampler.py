@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from numpyro_smile import adaptation, batching, dynamics, pretrain, tuning
-from numpyro_smile.config import SMILEConfig
+from numpyro_smile.config import SMILEConfig, energy_var_schedule
 
 __all__ = [
     "ENERGY_ROUNDING_SHARE",
@@ -188,7 +188,7 @@ def make_plan(
     precondition = bool(plates) if config.precondition is None else config.precondition
     mclmc = None
     if not plates and config.adapt and num_warmup > 0:
-        start, end = config.desired_energy_var
+        start, end = energy_var_schedule(config.desired_energy_var)
         mclmc = tuning.mclmc_tuner_config(
             num_warmup, dim, energy_var_start=start, energy_var_end=end, tune_L=config.L is None
         )
@@ -206,31 +206,42 @@ class _Parts(NamedTuple):
 
 
 def _parts(plan: Plan) -> _Parts:
+    return _minibatch_parts(plan) if plan.plates else _full_batch_parts(plan)
+
+
+def _minibatch_parts(plan: Plan) -> _Parts:
+    """SMILE (pSMILE with the preconditioner): sanitised mini-batch gradients, the
+    gradient-noise model, the energy-error tuner and, when adapting, the noise-limited step
+    size; partial refresh only with a fixed ``L``."""
     config = plan.config
-    if plan.plates:  # SMILE / pSMILE
-        noise = adaptation.minibatch_noise(
-            plan.plates,
-            precondition=plan.precondition,
+    noise = adaptation.minibatch_noise(
+        plan.plates,
+        precondition=plan.precondition,
+        num_warmup=plan.num_warmup,
+        adapt_during_sampling=config.adapt_during_sampling,
+    )
+    tuner = adaptation.energy_error_tuner(
+        config.energy_tuner,
+        adapt=config.adapt,
+        adapt_during_sampling=config.adapt_during_sampling,
+        step_size=config.step_size,
+        L=config.L,
+    )
+    rule = None
+    if config.adapt:
+        rule = adaptation.noise_limited_rule(
+            noise,
+            max_noise_angle=config.max_noise_angle,
             num_warmup=plan.num_warmup,
             adapt_during_sampling=config.adapt_during_sampling,
         )
-        tuner = adaptation.energy_error_tuner(
-            config.energy_tuner,
-            adapt=config.adapt,
-            adapt_during_sampling=config.adapt_during_sampling,
-            step_size=config.step_size,
-            L=config.L,
-        )
-        rule = None
-        if config.adapt:
-            rule = adaptation.noise_limited_rule(
-                noise,
-                max_noise_angle=config.max_noise_angle,
-                num_warmup=plan.num_warmup,
-                adapt_during_sampling=config.adapt_during_sampling,
-            )
-        return _Parts(True, config.L is not None, noise, tuner, rule)
-    # Full batch: MILE (or a fixed step size), optionally preconditioned.
+    return _Parts(True, config.L is not None, noise, tuner, rule)
+
+
+def _full_batch_parts(plan: Plan) -> _Parts:
+    """MILE: full-data gradients, partial refresh, the MCLMC tuner (a fixed step size
+    without adaptation or warmup), optionally the preconditioner learned in phase I."""
+    config = plan.config
     noise = None
     if plan.precondition:
         learning = plan.mclmc.num_phase1 if plan.mclmc else plan.num_warmup
@@ -415,7 +426,7 @@ def build_kernel(plan: Plan, num_chains: int | None = None) -> SMILEKernel:
         if num_chains is None:
             new = one_chain(state, indices, key_chains, per_datum)
         else:
-            axes = SMILEState(*([0] * (len(SMILEState._fields) - 1)), None)
+            axes = SMILEState._make([0] * (len(SMILEState._fields) - 1) + [None])
             chain_keys = jax.random.split(key_chains, num_chains) if parts.refresh else None
             new = jax.vmap(
                 one_chain, in_axes=(axes, 0, 0 if parts.refresh else None, None), out_axes=axes
@@ -471,7 +482,7 @@ def _finalize(final, num_warmup, i, new, num_chains):
 
 def _logdensity_difference(terms_fn: Callable, old: jax.Array, new: jax.Array) -> jax.Array:
     """log p(new) - log p(old), summed from per-datum differences (no large-number rounding)."""
-    return sum(jnp.sum(a - b) for a, b in zip(terms_fn(new), terms_fn(old)))
+    return cast(jax.Array, sum(jnp.sum(a - b) for a, b in zip(terms_fn(new), terms_fn(old))))
 
 
 def _needs_per_datum_energy(plan: Plan, state: SMILEState) -> jax.Array:
