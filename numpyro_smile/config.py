@@ -86,6 +86,25 @@ class SMILEConfig:
             shrink_share=self.shrink_share,
         )
 
+    @classmethod
+    def with_settings(
+        cls, config: SMILEConfig | None, settings: dict[str, Any], owner: str
+    ) -> SMILEConfig:
+        """``config`` (default: the defaults) with ``settings`` applied; a clear ``TypeError``
+        names an unknown setting or a ``config`` of the wrong type (``owner`` is the caller)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(
+                f"{owner} got unknown settings {unknown}; the sampler settings are "
+                f"{sorted(known)} (see SMILEConfig)."
+            )
+        if config is None:
+            return cls(**settings)
+        if not isinstance(config, cls):
+            raise TypeError(f"config must be a SMILEConfig, got {type(config).__name__}.")
+        return config.replace(**settings) if settings else config
+
     def replace(self, **changes: Any) -> SMILEConfig:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)

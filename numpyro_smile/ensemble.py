@@ -1,28 +1,24 @@
 """``SMILEEnsemble``: the MILE/SMILE recipe end to end, from a model and data to ArviZ.
 
-One pipeline, ``run = pretrain + init + warmup + sample`` (``resume = restore + warmup left +
-sample``), over modules that each do one job:
+1. **Pretraining**: K members trained to a mode of the posterior by an optax optimizer on the
+   model's mini-batch potential, each from its own initial point and batch order, optionally
+   early-stopped on validation data. Together they are a deep ensemble.
+2. **Sampling**: one chain per member from its pretrained point, ``num_warmup`` tuning steps,
+   then every ``thinning``-th of ``num_samples`` steps kept. Each member draws its own
+   mini-batches, so R-hat across members means what it usually means. ``full_batch=True``
+   samples with full-data gradients (MILE).
+3. **InferenceData**: ``posterior`` (chain = member), ``sample_stats``, ``log_likelihood``
+   over the full data, ``observed_data``, optionally ``posterior_predictive``, and the
+   ``pretrained`` points and ``pretraining`` curves.
 
-1. **Pretraining** (:func:`numpyro_smile.pretrain.pretrain`): K members trained to a mode of
-   the posterior by an optax optimizer on the model's mini-batch potential, each from its own
-   initial point and batch order, optionally early-stopped on validation data. Together they
-   are a deep ensemble.
-2. **Sampling** (:mod:`numpyro_smile.sampler`, :mod:`numpyro_smile.loops`): one chain per
-   member from its pretrained point, ``num_warmup`` tuning steps, then every ``thinning``-th
-   of ``num_samples`` steps kept. Each member draws its own mini-batches, so R-hat across
-   members means what it usually means. ``full_batch=True`` samples with full-data gradients
-   (MILE).
-3. **InferenceData** (:mod:`numpyro_smile.inference_data`): ``posterior`` (chain = member),
-   ``sample_stats``, ``log_likelihood`` over the full data, ``observed_data``, optionally
-   ``posterior_predictive``, and the ``pretrained`` points and ``pretraining`` curves.
-
-Members are vectorized with ``vmap`` on one device and sharded over several
-(:mod:`numpyro_smile.sharding`). Every phase is a few calls of one compiled function, which
-gives a progress bar (:mod:`numpyro_smile.runtime`) and streams draws to host memory.
+The class holds the settings and the public API; the stages are :mod:`numpyro_smile.pipeline`'s
+functions, run in order by one method (``run = pretrain + init + warmup + sample``,
+``resume = restore + warmup left + sample``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -34,23 +30,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 from numpyro.util import is_prng_key
 
 from numpyro_smile import (
     checkpoint,
     diagnostics,
     evaluation,
-    inference_data,
     loops,
     memory,
     model_views,
-    pretrain,
-    replay,
+    pipeline,
     sampler,
     sharding,
     targets,
-    tuning,
 )
 from numpyro_smile.batching import PlateInfo
 from numpyro_smile.config import SMILEConfig
@@ -99,13 +91,10 @@ class SMILEEnsemble:
         memory_budget: bytes one chunk of the replays may hold at its peak (default 256 MiB).
 
     After :meth:`run`: ``last_state``, ``post_warmup_state``, ``pretrained_params`` (the
-    members' unconstrained starting points), ``plan`` (the sampler core's
+    members' unconstrained starting points), ``plan`` (the core's
     :class:`~numpyro_smile.sampler.Plan`), ``timings`` (seconds per phase, compilation apart)
-    and ``memory`` (peak bytes of the process and of each replay's chunks).
-
-    Checkpoints: :meth:`save_state` writes the chains' full state to one file;
-    ``run(..., resume_from=path)`` continues them and draws exactly what the uninterrupted run
-    would have; :meth:`warmup` pretrains and warms up only.
+    and ``memory`` (peak bytes). :meth:`save_state` and ``run(..., resume_from=path)``
+    checkpoint and resume the chains exactly; :meth:`warmup` stops before sampling.
 
     Example::
 
@@ -139,8 +128,6 @@ class SMILEEnsemble:
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be a NumPyro model (a callable), got {model!r}.")
-        if config is not None and not isinstance(config, SMILEConfig):
-            raise TypeError(f"config must be a SMILEConfig, got {type(config).__name__}.")
         for name, value, least in (
             ("num_members", num_members, 1),
             ("num_warmup", num_warmup, 0),
@@ -165,7 +152,7 @@ class SMILEEnsemble:
         self._model = model
         self.num_members, self.num_warmup = num_members, num_warmup
         self.num_samples, self.thinning, self.full_batch = num_samples, thinning, full_batch
-        self.config = config or SMILEConfig()
+        self.config = SMILEConfig.with_settings(config, {}, "SMILEEnsemble")
         self.pretrain_optimizer = pretrain_optimizer or default_pretrain_optimizer()
         self.pretrain_epochs, self.pretrain_steps = pretrain_epochs, pretrain_steps
         self.pretrain_batch_size, self.patience = pretrain_batch_size, patience
@@ -276,12 +263,9 @@ class SMILEEnsemble:
         )
 
     def save_state(self, path: str | os.PathLike, state: SMILEState | None = None) -> Path:
-        """Write the chains' full state (default ``last_state``) to one ``.npz`` file, to
-        resume with ``run(rng_key, *model_args, resume_from=path)``, in a new process if need
-        be. It holds every field of the state (positions, velocities, gradients, step sizes,
-        tuner and preconditioner statistics, batch schedules, PRNG keys), the warmup length
-        and steps done, the mode, plates, parameter structure and settings (checked on
-        resume), and the pretrained points and curves. Returns the path written."""
+        """Write the chains' full state (default ``last_state``) and what resuming checks and
+        needs to one ``.npz`` file (see :mod:`numpyro_smile.checkpoint`); resume with
+        ``run(rng_key, *model_args, resume_from=path)``, in a new process if need be."""
         return checkpoint.save_checkpoint(path, self.to_checkpoint(state))
 
     def evaluate(
@@ -296,7 +280,8 @@ class SMILEEnsemble:
 
     def _pipeline(self, rng_key, model_args, model_kwargs, validation, init_params, resume_from,
                   warmup_only=False):  # fmt: skip
-        """run = pretrain + init + warmup + sample; resume = restore + warmup left + sample."""
+        """run = pretrain + init + warmup + sample; resume = restore + warmup left + sample
+        (the stages are :mod:`numpyro_smile.pipeline`'s)."""
         start, timings = time.perf_counter(), Timings()
         self.timings = timings.seconds
         model_views.check_finite_data(model_args, model_kwargs)
@@ -316,50 +301,56 @@ class SMILEEnsemble:
         initial = info.param_info.z
         if saved is not None:
             self._check_resumable(saved, initial)
-            self.pretrained_params = saved.pretrained_params
-            self._pretraining = dict(saved.pretraining)
+            self.pretrained_params, self._pretraining = saved.pretrained_params, saved.pretraining
         elif init_params is not None:
             one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), initial)
             targets.check_init_params(init_params, one, self.num_members)
             initial = jax.tree.map(jnp.asarray, init_params)
         num_warmup = self.num_warmup if saved is None else saved.num_warmup
         remaining = num_warmup if saved is None else max(0, num_warmup - saved.steps)
-        pretraining = self._pretrain_length() if saved is None else 0
+        pretraining = 0 if saved is not None else (
+            self.pretrain_epochs if self.pretrain_steps is None else self.pretrain_steps
+        )  # fmt: skip
         total = pretraining + remaining + (0 if warmup_only else self.num_samples)
         with Progress(total, self.progress_bar) as progress:
             if saved is None:
-                self._pretrain(
-                    info.potential_fn, initial, validation, arrays, bind, mesh, key_pretrain,
-                    timings, progress,
+                self.pretrained_params, self._pretraining = pipeline.pretrain_members(
+                    info.potential_fn, initial, self._plates, arrays, bind, key_pretrain,
+                    optimizer=self.pretrain_optimizer, batch_size=self.pretrain_batch_size,
+                    num_epochs=self.pretrain_epochs, num_steps=self.pretrain_steps,
+                    validation=validation, patience=self.patience, mesh=mesh, timings=timings,
+                    progress=progress,
                 )  # fmt: skip
             members = initial if self.pretrained_params is None else self.pretrained_params
-            core, target_fn = self._build_core(key_chains, members, model_args, model_kwargs,
-                                               num_warmup)  # fmt: skip
-            init_all = self._init_all(core, target_fn, key_chains, model_args, model_kwargs)
+            chains = pipeline.member_chains(
+                self._model, self._plates, members, model_args, model_kwargs, bind, key_chains,
+                config=self.config, full_batch=self.full_batch, num_warmup=num_warmup,
+                init_strategy=self.init_strategy,
+            )  # fmt: skip
+            self.plan = chains.plan
             with timings.phase("init"):
                 if saved is None:
-                    state = init_all(sharding.shard_members(members, mesh, self.num_members))
+                    state = chains.init(sharding.shard_members(members, mesh, self.num_members))
                 else:
-                    template = jax.eval_shape(init_all, initial)
+                    template = jax.eval_shape(chains.init, initial)
                     state = jax.device_put(checkpoint.restore_state(saved, template))
                 state = sharding.shard_members(state, mesh, self.num_members)
-
-            def step(state, arrays):
-                args, kwargs = bind(arrays)
-                return core.step(state, target_fn(args, kwargs))
-
-            advance = _lazy(lambda: timings.compile(loops.advance_fn(step), state, 1, arrays))
+            loop = loops.advance_fn(chains.step)
+            advance = functools.cache(lambda: timings.compile(loop, state, 1, arrays))
             self.timings["warmup_s"] = 0.0
             if remaining:
                 with timings.phase("warmup"):
-                    state = loops.run_steps(
-                        advance(), state, remaining, arrays, self._reporter(progress, "warmup")
-                    )
+                    report = pipeline.reporter(self.plan, progress, "warmup")
+                    state = loops.run_steps(advance(), state, remaining, arrays, report)
             self.post_warmup_state = self.last_state = state
             if warmup_only:
                 self.timings["total_s"] = time.perf_counter() - start
                 return None
-            draws, state = self._sample(step, advance, state, arrays, timings, progress)
+            draws, state = pipeline.sample_members(
+                chains, state, arrays, advance, num_samples=self.num_samples,
+                thinning=self.thinning, draws_per_chunk=self.draws_per_chunk, timings=timings,
+                progress=progress,
+            )  # fmt: skip
         self.last_state = state
         attrs = {
             "sampler": self.plan.variant,
@@ -371,111 +362,14 @@ class SMILEEnsemble:
         } | ({} if saved is None else {"resumed_at_step": saved.steps})
         return self._to_inference_data(model_args, model_kwargs, draws, key_post, attrs, start)
 
-    def _pretrain_length(self) -> int:
-        return self.pretrain_epochs if self.pretrain_steps is None else self.pretrain_steps
-
-    def _pretrain(self, potential_gen, initial, validation, arrays, bind, mesh, key, timings,
-                  progress):  # fmt: skip
-        """Train the members with :func:`numpyro_smile.pretrain.pretrain`; sets
-        ``pretrained_params`` and the curves."""
-        unravel = _flat_structure(initial)[1]
-        positions = jax.vmap(lambda z: ravel_pytree(z)[0])(initial)
-        self._pretraining = {}
-        if self._pretrain_length() > 0:
-            plates, num_epochs, steps_per_epoch = pretrain.epoch_schedule(
-                self._plates, self.pretrain_batch_size, self.pretrain_epochs, self.pretrain_steps
-            )
-            num_data = plates[0][1].size if plates else 1
-            potential = model_views.flat_potential(potential_gen, unravel, bind)
-            if validation is not None:
-                loss, held_out = validation
-                validation = (lambda x, data: loss(x, unravel, data), held_out)
-            unit = 1 if self.pretrain_steps is None else steps_per_epoch
-            positions, self._pretraining = pretrain.pretrain(
-                lambda x, indices, arrays: potential(x, indices, arrays) / num_data,
-                positions, arrays, key, optimizer=self.pretrain_optimizer, plates=plates,
-                num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, validation=validation,
-                patience=self.patience, mesh=mesh, timings=timings,
-                on_epochs=lambda count: progress.update(count * unit, "pretraining"),
-            )  # fmt: skip
-            left = self._pretrain_length() - progress.phase_done("pretraining")
-            progress.update(max(0, left), "pretraining")
-        self.pretrained_params = jax.device_get(jax.vmap(unravel)(positions))
-
-    def _build_core(self, key, members, model_args, model_kwargs, num_warmup):
-        """The sampler core for these data (the full-data view in MILE mode), its target."""
-        model, plates = self._model, self._plates
-        if self.full_batch and plates:
-            model, plates = model_views.full_data_model(self._model, plates), {}
-        info = model_views.initialize_subsampled_model(
-            jax.random.split(key, self.num_members)[0], model, plates, self.init_strategy,
-            model_args, model_kwargs, shapes_only=True,
-        )  # fmt: skip
-        flat, unravel = _flat_structure(members)
-        config = self.config.replace(pretrain_steps=0)
-        self.plan = sampler.make_plan(
-            config, plates, num_warmup, flat.shape[0], tuning.MILE_ENERGY_VAR
-        )
-
-        def target_fn(args, kwargs):
-            return targets.model_target(model, info.potential_fn, plates, unravel, args, kwargs)
-
-        return sampler.build_kernel(self.plan, self.num_members), target_fn
-
-    def _init_all(self, core, target_fn, key, model_args, model_kwargs):
-        """``init_params -> state`` of all members (as ``SMILE.init`` with one key each)."""
-        key_state, key_members = jax.random.split(jax.random.split(key, self.num_members)[0])
-        keys = jax.random.split(key_members, self.num_members)
-
-        def init_all(init_params):
-            target = target_fn(model_args, model_kwargs)
-            init = jax.vmap(lambda z, k: core.init(ravel_pytree(z)[0], k, target))
-            return init(init_params, keys)._replace(rng_key=key_state)
-
-        return jax.jit(init_all)
-
-    def _reporter(self, progress: Progress, phase: str) -> Callable:
-        def report(count, state):
-            status = diagnostics.status_text(self.plan.mode, self.plan.expected_reset_rate, state)
-            progress.update(count * (self.thinning if phase == "sampling" else 1), phase, status)
-
-        return report
-
-    def _sample(self, step, advance, state, arrays, timings, progress):
-        """Sampling with thinning inside the compiled loop; draws streamed to host."""
-        dim = sum(int(np.prod(np.shape(v)[1:])) for v in jax.tree.leaves(state.z))
-        chunk = loops.draws_per_chunk(
-            self.num_draws, self.num_members, dim, replay.CHUNK_ELEMENTS, self.draws_per_chunk
-        )
-        record = loops.record_fn(full_batch=not self.plan.plates)
-        sample_chunk = loops.sample_chunk_fn(step, record, self.thinning, chunk)
-        with timings.phase("sampling"):
-            compiled = timings.compile(sample_chunk, state, 1, arrays)
-            report = self._reporter(progress, "sampling")
-            draws, state = loops.collect_draws(
-                compiled, state, arrays, self.num_draws, chunk, report
-            )
-            leftover = self.num_samples - self.num_draws * self.thinning
-            if leftover:  # steps past the last kept draw, so the chain ran num_samples steps
-                state = advance()(state, leftover, arrays)
-                progress.update(leftover, "sampling")
-        return draws, state
-
     def _to_inference_data(self, model_args, model_kwargs, draws, key_post, attrs, start):
-        post_start, replays = time.perf_counter(), {}
-        idata = inference_data.to_inference_data(
-            self._model, model_args, model_kwargs, subsample_plates=self._plates,
-            draws=draws["z"], sample_stats=draws["stats"], pretrained=self.pretrained_params,
-            pretraining=self._pretraining, rng_key=key_post, log_likelihood=self.log_likelihood,
-            posterior_predictive=self.posterior_predictive, attrs=attrs,
-            memory_budget=self.memory_budget, memory_stats=replays,
+        post_start = time.perf_counter()
+        idata, self.memory = pipeline.members_inference_data(
+            self._model, model_args, model_kwargs, self._plates, draws, key_post,
+            pretrained=self.pretrained_params, pretraining=self._pretraining, attrs=attrs,
+            log_likelihood=self.log_likelihood, posterior_predictive=self.posterior_predictive,
+            memory_budget=self.memory_budget,
         )  # fmt: skip
-        self.memory = {
-            "peak_rss_bytes": memory.peak_rss_bytes(),
-            "device_peak_bytes": memory.device_peak_bytes(),
-            "budget_bytes": memory.check_budget(self.memory_budget),
-            **replays,
-        }
         self.timings["postprocess_s"] = time.perf_counter() - post_start
         self.timings["total_s"] = time.perf_counter() - start
         idata.sample_stats.attrs.update({k: round(v, 3) for k, v in self.timings.items()})
@@ -503,24 +397,6 @@ def _load(resume_from, ensemble: SMILEEnsemble) -> checkpoint.EnsembleCheckpoint
     if isinstance(resume_from, checkpoint.EnsembleCheckpoint):
         return resume_from
     return checkpoint.load_checkpoint(resume_from)
-
-
-def _flat_structure(z: dict) -> tuple[jax.Array, Callable]:
-    """``(flat zeros (d,), unravel)`` of one member of ``z`` (arrays or shapes, member axis
-    first)."""
-    return ravel_pytree(jax.tree.map(lambda a: np.zeros(a.shape[1:], a.dtype), z))
-
-
-def _lazy(make: Callable) -> Callable:
-    """``make()`` on the first call, then its cached result (compile only what is used)."""
-    cache: list = []
-
-    def get():
-        if not cache:
-            cache.append(make())
-        return cache[0]
-
-    return get
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

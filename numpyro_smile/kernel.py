@@ -2,14 +2,8 @@
 
 A thin adapter: it finds the model's subsample plates, builds the sampler core
 (:func:`numpyro_smile.sampler.build_kernel`) for them and maps NumPyro's ``init``/``sample``
-protocol onto the core's ``init``/``step``. One kernel covers the MCLMC family, chosen by the
-model and a few settings (:class:`~numpyro_smile.SMILEConfig`):
-
-* a model with ``numpyro.plate(name, N, subsample_size=B)`` -> SG-MCLMC on a fresh mini-batch
-  every step (SMILE), with the energy-error tuner and reset guardrail; ``precondition=None``
-  (the default) adds the gradient-noise preconditioner (pSMILE);
-* a model without a subsample plate -> full-batch MCLMC with MILE's tuning during warmup;
-* ``adapt=False`` with a fixed ``step_size`` -> the naive variants, for ablations.
+onto the core's ``init``/``step``. A subsample plate gives SMILE (pSMILE by default), no
+subsample plate full-batch MCLMC with MILE's tuning, ``adapt=False`` the naive variants.
 
 Example::
 
@@ -81,29 +75,12 @@ class SMILE(MCMCKernel):
                 "Pass exactly one of `model` (a NumPyro model) or `potential_fn` (a function "
                 "z -> potential energy); got " + ("both." if model is not None else "neither.")
             )
-        if model is not None and (data_size is not None or subsample_size is not None):
-            raise ValueError(
-                "SMILE(model, data_size=..., subsample_size=...): a model declares its "
-                "mini-batch size in its plate, numpyro.plate('data', N, subsample_size=B) "
-                "(e.g. a model argument passed at mcmc.run(..., subsample_size=B)); "
-                "data_size and subsample_size are for potential_fn only."
-            )
-        if (data_size is None) != (subsample_size is None):
-            raise ValueError("Give both data_size and subsample_size, or neither.")
-        if data_size is not None and subsample_size > data_size:
-            raise ValueError(
-                f"subsample_size ({subsample_size}) is larger than data_size ({data_size}); "
-                "use subsample_size <= data_size."
-            )
-        self.config = _make_config(config, settings)
+        self.config = SMILEConfig.with_settings(config, settings, "SMILE")
         self._model = model
         self._potential_fn = potential_fn
         self._init_strategy = init_strategy
-        self._plates: dict[str, batching.PlateInfo] = (
-            {"data": batching.PlateInfo(data_size, subsample_size)}
-            if data_size is not None and subsample_size < data_size
-            else {}
-        )
+        # potential_fn mode: the plate it declares; model mode: found at init.
+        self._plates = targets.potential_plates(model, data_size, subsample_size)
         self._core: sampler.SMILEKernel | None = None
         self._postprocess_fn_gen = None
         self._sample_fn: Callable | None = None
@@ -271,20 +248,3 @@ class SMILE(MCMCKernel):
         num_chains = rng_key.shape[0] if self._vectorized else None
         targets.check_init_params(init_params, info.param_info.z, num_chains)
         return init_params
-
-
-def _make_config(config: SMILEConfig | None, settings: dict) -> SMILEConfig:
-    """``config`` with ``settings`` applied, with a clear error for an unknown setting."""
-    known = set(SMILEConfig.__dataclass_fields__)
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise TypeError(
-            f"SMILE got unknown settings {unknown}; the settings are {sorted(known)} "
-            "(see SMILEConfig), plus model, potential_fn, config, init_strategy, data_size "
-            "and subsample_size."
-        )
-    if config is None:
-        return SMILEConfig(**settings)
-    if not isinstance(config, SMILEConfig):
-        raise TypeError(f"config must be a SMILEConfig, got {type(config).__name__}.")
-    return config.replace(**settings) if settings else config

@@ -36,6 +36,7 @@ __all__ = [
     "check_same_shapes",
     "model_problem",
     "model_target",
+    "potential_plates",
     "potential_target",
     "validation_loss",
     "with_indices",
@@ -103,6 +104,34 @@ def potential_target(potential_fn: Callable, plates: dict, unravel: Callable) ->
             return -potential_fn(unravel(x))
 
     return Target(logdensity, unravel)
+
+
+def potential_plates(
+    model: Callable | None, data_size: int | None, subsample_size: int | None
+) -> dict[str, batching.PlateInfo]:
+    """The one plate ``{"data": PlateInfo(N, B)}`` a mini-batch ``potential_fn`` declares with
+    ``data_size`` and ``subsample_size`` (``{}``: full batch), checked."""
+    if model is not None and (data_size is not None or subsample_size is not None):
+        raise ValueError(
+            "SMILE(model, data_size=..., subsample_size=...): a model declares its "
+            "mini-batch size in its plate, numpyro.plate('data', N, subsample_size=B) "
+            "(e.g. a model argument passed at mcmc.run(..., subsample_size=B)); "
+            "data_size and subsample_size are for potential_fn only."
+        )
+    if data_size is None or subsample_size is None:
+        if data_size is not None or subsample_size is not None:
+            raise ValueError("Give both data_size and subsample_size, or neither.")
+        return {}
+    if subsample_size > data_size:
+        raise ValueError(
+            f"subsample_size ({subsample_size}) is larger than data_size ({data_size}); "
+            "use subsample_size <= data_size."
+        )
+    return (
+        {"data": batching.PlateInfo(data_size, subsample_size)}
+        if subsample_size < data_size
+        else {}
+    )
 
 
 def argument_shapes(model_args: tuple, model_kwargs: dict) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,258 @@
+"""The ensemble's stages as functions of explicit inputs: pretrain, build chains, sample.
+
+:class:`~numpyro_smile.SMILEEnsemble` runs these in order (``run = pretrain + init + warmup +
+sample``; ``resume = restore + warmup left + sample``); each takes what it needs as arguments
+and returns what it produced, so no stage depends on another having run first through shared
+attributes. Members are vectorized with ``vmap`` and sharded over a member mesh; every phase
+is a few calls of one compiled function (progress between calls, draws streamed to host).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
+
+from numpyro_smile import (
+    diagnostics,
+    inference_data,
+    loops,
+    memory,
+    model_views,
+    pretrain,
+    replay,
+    sampler,
+    targets,
+    tuning,
+)
+from numpyro_smile.config import SMILEConfig
+from numpyro_smile.runtime import Progress, Timings
+
+__all__ = [
+    "MemberChains",
+    "flat_structure",
+    "member_chains",
+    "members_inference_data",
+    "pretrain_members",
+    "reporter",
+    "sample_members",
+]
+
+
+def flat_structure(z: dict) -> tuple[jax.Array, Callable]:
+    """``(flat zeros (d,), unravel)`` of one member of ``z`` (arrays or shapes, member axis
+    first)."""
+    return ravel_pytree(jax.tree.map(lambda a: np.zeros(a.shape[1:], a.dtype), z))
+
+
+def pretrain_members(
+    potential_gen: Callable,
+    initial: dict,
+    plates: dict,
+    arrays: Any,
+    bind: Callable,
+    rng_key: jax.Array,
+    *,
+    optimizer: optax.GradientTransformation,
+    batch_size: int | None,
+    num_epochs: int,
+    num_steps: int | None,
+    validation: tuple | None,
+    patience: int | None,
+    mesh: Mesh | None,
+    timings: Timings,
+    progress: Progress,
+) -> tuple[dict, dict]:
+    """Train K members from ``initial`` (unconstrained values, member axis first) on the
+    model's potential per data point; returns ``(pretrained_params on host, curves)``.
+
+    ``validation`` is :func:`numpyro_smile.targets.validation_loss`'s ``(loss, arrays)``;
+    ``num_epochs`` (or ``num_steps``) 0 returns ``initial`` untrained.
+    """
+    unravel = flat_structure(initial)[1]
+    positions = jax.vmap(lambda z: ravel_pytree(z)[0])(initial)
+    curves: dict = {}
+    length = num_epochs if num_steps is None else num_steps
+    if length > 0:
+        batches, epochs, steps_per_epoch = pretrain.epoch_schedule(
+            plates, batch_size, num_epochs, num_steps
+        )
+        num_data = batches[0][1].size if batches else 1
+        potential = model_views.flat_potential(potential_gen, unravel, bind)
+        if validation is not None:
+            loss, held_out = validation
+            validation = (lambda x, data: loss(x, unravel, data), held_out)
+        unit = 1 if num_steps is None else steps_per_epoch
+        positions, curves = pretrain.pretrain(
+            lambda x, indices, arrays: potential(x, indices, arrays) / num_data,
+            positions,
+            arrays,
+            rng_key,
+            optimizer=optimizer,
+            plates=batches,
+            num_epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation=validation,
+            patience=patience,
+            mesh=mesh,
+            timings=timings,
+            on_epochs=lambda count: progress.update(count * unit, "pretraining"),
+        )
+        progress.update(max(0, length - progress.phase_done("pretraining")), "pretraining")
+    return jax.device_get(jax.vmap(unravel)(positions)), curves
+
+
+class MemberChains(NamedTuple):
+    """One chain per member, built for the data.
+
+    Attributes:
+        plan: the core's :class:`~numpyro_smile.sampler.Plan`.
+        init: ``init_params -> SMILEState`` of all members (jitted; as ``SMILE.init`` with one
+            key per member).
+        step: ``(state, arrays) -> state``: one step of all members on the data ``arrays``.
+    """
+
+    plan: sampler.Plan
+    init: Callable
+    step: Callable
+
+
+def member_chains(
+    model: Callable,
+    plates: dict,
+    members: dict,
+    model_args: tuple,
+    model_kwargs: dict,
+    bind: Callable,
+    rng_key: jax.Array,
+    *,
+    config: SMILEConfig,
+    full_batch: bool,
+    num_warmup: int,
+    init_strategy: Callable,
+) -> MemberChains:
+    """The sampler core for the members (the full-data view of the model when
+    ``full_batch``), with MILE's energy-variance schedule unless ``config`` sets one."""
+    num_members = jax.tree.leaves(members)[0].shape[0]
+    if full_batch and plates:
+        model, plates = model_views.full_data_model(model, plates), {}
+    first_key = jax.random.split(rng_key, num_members)[0]
+    info = model_views.initialize_subsampled_model(
+        first_key, model, plates, init_strategy, model_args, model_kwargs, shapes_only=True
+    )
+    flat, unravel = flat_structure(members)
+    config = config.replace(pretrain_steps=0)
+    plan = sampler.make_plan(config, plates, num_warmup, flat.shape[0], tuning.MILE_ENERGY_VAR)
+    core = sampler.build_kernel(plan, num_members)
+
+    def target_fn(args, kwargs):
+        return targets.model_target(model, info.potential_fn, plates, unravel, args, kwargs)
+
+    key_state, key_members = jax.random.split(first_key)
+    keys = jax.random.split(key_members, num_members)
+
+    def init(init_params):
+        target = target_fn(model_args, model_kwargs)
+        init_all = jax.vmap(lambda z, k: core.init(ravel_pytree(z)[0], k, target))
+        return init_all(init_params, keys)._replace(rng_key=key_state)
+
+    def step(state, arrays):
+        args, kwargs = bind(arrays)
+        return core.step(state, target_fn(args, kwargs))
+
+    return MemberChains(plan, jax.jit(init), step)
+
+
+def reporter(plan: sampler.Plan, progress: Progress, phase: str, unit: int = 1) -> Callable:
+    """``(count, state) -> None``: ``count * unit`` steps of ``phase`` done, with the
+    sampler's status text."""
+
+    def report(count, state):
+        status = diagnostics.status_text(plan.mode, plan.expected_reset_rate, state)
+        progress.update(count * unit, phase, status)
+
+    return report
+
+
+def sample_members(
+    chains: MemberChains,
+    state: Any,
+    arrays: Any,
+    advance: Callable,
+    *,
+    num_samples: int,
+    thinning: int,
+    draws_per_chunk: int | None,
+    timings: Timings,
+    progress: Progress,
+) -> tuple[dict, Any]:
+    """``num_samples`` steps of every member, every ``thinning``-th kept; returns
+    ``({"z": draws, "stats": sample stats} on host, leaves (K, draws, ...), state)``.
+    ``advance()`` gives the compiled warmup loop, reused for the steps past the last draw."""
+    num_members = jax.tree.leaves(state.z)[0].shape[0]
+    num_draws = num_samples // thinning
+    dim = sum(int(np.prod(np.shape(v)[1:])) for v in jax.tree.leaves(state.z))
+    chunk = loops.draws_per_chunk(
+        num_draws, num_members, dim, replay.CHUNK_ELEMENTS, draws_per_chunk
+    )
+    record = loops.record_fn(full_batch=not chains.plan.plates)
+    sample_chunk = loops.sample_chunk_fn(chains.step, record, thinning, chunk)
+    with timings.phase("sampling"):
+        compiled = timings.compile(sample_chunk, state, 1, arrays)
+        report = reporter(chains.plan, progress, "sampling", thinning)
+        draws, state = loops.collect_draws(compiled, state, arrays, num_draws, chunk, report)
+        leftover = num_samples - num_draws * thinning
+        if leftover:  # steps past the last kept draw, so the chain ran num_samples steps
+            state = advance()(state, leftover, arrays)
+            progress.update(leftover, "sampling")
+    return draws, state
+
+
+def members_inference_data(
+    model: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+    plates: dict,
+    draws: dict,
+    rng_key: jax.Array,
+    *,
+    pretrained: dict | None,
+    pretraining: dict,
+    attrs: dict,
+    log_likelihood: bool | int,
+    posterior_predictive: bool,
+    memory_budget: int | None,
+) -> tuple[Any, dict]:
+    """The members' ``arviz.InferenceData`` (:func:`numpyro_smile.inference_data.
+    to_inference_data`) and the memory report: ``peak_rss_bytes`` of the process,
+    ``device_peak_bytes`` where the backend reports it, ``budget_bytes`` and, per replay,
+    its chunking and estimated ``chunk_peak_bytes``."""
+    replays: dict = {}
+    idata = inference_data.to_inference_data(
+        model,
+        model_args,
+        model_kwargs,
+        subsample_plates=plates,
+        draws=draws["z"],
+        sample_stats=draws["stats"],
+        pretrained=pretrained,
+        pretraining=pretraining,
+        rng_key=rng_key,
+        log_likelihood=log_likelihood,
+        posterior_predictive=posterior_predictive,
+        attrs=attrs,
+        memory_budget=memory_budget,
+        memory_stats=replays,
+    )
+    report = {
+        "peak_rss_bytes": memory.peak_rss_bytes(),
+        "device_peak_bytes": memory.device_peak_bytes(),
+        "budget_bytes": memory.check_budget(memory_budget),
+        **replays,
+    }
+    return idata, report
