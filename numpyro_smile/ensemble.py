@@ -205,8 +205,9 @@ class SMILEEnsemble:
 
         Args:
             rng_key: a JAX PRNG key; the same key gives the same draws.
-            *model_args, **model_kwargs: the model's arguments (the training data), as for
+            *model_args: the model's positional arguments (the training data), as for
                 ``mcmc.run``.
+            **model_kwargs: the model's keyword arguments.
             validation: held-out data for early stopping, as the model's positional
                 arguments (e.g. ``(X_val, y_val)``); ``model_kwargs`` are reused.
             init_params: the members' starting points instead of the init strategy's:

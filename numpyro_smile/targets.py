@@ -66,7 +66,8 @@ def model_target(
             :func:`numpyro_smile.model_views.initialize_subsampled_model`.
         plates: ``{name: PlateInfo(N, B)}`` subsample plates (empty: full batch).
         unravel: flat ``(d,)`` vector -> dict of unconstrained latent values.
-        model_args, model_kwargs: the data and options (may be traced).
+        model_args: the model's positional arguments (the data; may be traced).
+        model_kwargs: its keyword arguments.
     """
     arrays, bind = model_views.split_model_args(model_args, model_kwargs)
     potential = model_views.flat_potential(potential_fn_gen, unravel, bind)
