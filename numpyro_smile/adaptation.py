@@ -137,6 +137,9 @@ def energy_error_tuner(
         state, factor, reset = tuning.energy_tuner_update(
             state, params.step_size_factor, outcome.energy_change, adapt & adapting, config
         )
+        # The tuner resets a non-finite dE; a non-finite position with a finite dE (which a
+        # real step cannot produce) is reset too, as by every tuner.
+        reset = reset | ~outcome.finite
         return state, params._replace(step_size_factor=jnp.minimum(factor, 1.0)), reset
 
     return Tuner(init, update, None)

@@ -23,6 +23,9 @@ from numpyro_smile import batching, dynamics, tuning
 
 __all__ = ["SMILEConfig"]
 
+#: The SMILE tuner's defaults are :class:`~numpyro_smile.tuning.EnergyTunerConfig`'s.
+_ENERGY_TUNER = tuning.EnergyTunerConfig()
+
 
 @dataclasses.dataclass(frozen=True)
 class SMILEConfig:
@@ -55,11 +58,11 @@ class SMILEConfig:
     precondition: bool | None = None
     adapt: bool = True
     adapt_during_sampling: bool = False
-    reset_quantile: float = 0.98
-    adapt_tail_prob: float = 0.1
-    adapt_rate: float = 0.02
-    smoothing: float = 0.01
-    shrink_share: float = 0.5
+    reset_quantile: float = _ENERGY_TUNER.reset_quantile
+    adapt_tail_prob: float = _ENERGY_TUNER.adapt_tail_prob
+    adapt_rate: float = _ENERGY_TUNER.adapt_rate
+    smoothing: float = _ENERGY_TUNER.smoothing
+    shrink_share: float = _ENERGY_TUNER.shrink_share
     max_noise_angle: float = 0.2
     desired_energy_var: float | tuple[float, float] | None = None
     integrator: str = "mclachlan"
@@ -119,13 +122,17 @@ class SMILEConfig:
 
 
 def energy_var_schedule(desired_energy_var: Any) -> tuple[float, float]:
-    """``desired_energy_var`` as a validated ``(start, end)`` pair of positive floats."""
-    if isinstance(desired_energy_var, (int, float)) and not isinstance(desired_energy_var, bool):
-        desired_energy_var = (desired_energy_var, desired_energy_var)
-    pair = tuple(desired_energy_var) if isinstance(desired_energy_var, (tuple, list)) else ()
+    """``desired_energy_var`` as a validated ``(start, end)`` pair of positive floats (from a
+    number, a pair, or a NumPy scalar or 2-vector)."""
+    value = desired_energy_var
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if _is_number(value):
+        value = (value, value)
+    pair = tuple(value) if isinstance(value, (tuple, list)) else ()
     if not (
         len(pair) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+        and all(_is_number(v) for v in pair)
         and all(math.isfinite(v) and v > 0 for v in pair)
     ):
         raise ValueError(
@@ -135,12 +142,20 @@ def energy_var_schedule(desired_energy_var: Any) -> tuple[float, float]:
     return float(pair[0]), float(pair[1])
 
 
+def _is_number(value: Any) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_types(config: SMILEConfig) -> None:
-    """Type errors for options of the wrong kind (``precondition="yes"``, ``step_size="1e-3"``),
-    which would otherwise be accepted and misread; ``None`` means "the default" for each."""
+    """Type errors for options of the wrong kind (``precondition="yes"``, ``step_size="1e-3"``,
+    ``adapt=None``), which would otherwise be accepted and misread. ``None`` means "the
+    default" only for ``precondition``, ``step_size`` and ``L``."""
     for name in ("adapt", "adapt_during_sampling", "precondition"):
         value = getattr(config, name)
-        if value is not None and not isinstance(value, (bool, np.bool_)):
+        if (value is not None or name != "precondition") and not isinstance(
+            value, (bool, np.bool_)
+        ):
             raise TypeError(f"{name} must be True or False, got {value!r}.")
     for name in (
         "step_size",
@@ -154,9 +169,7 @@ def _check_types(config: SMILEConfig) -> None:
         "pretrain_learning_rate",
     ):
         value = getattr(config, name)
-        if value is not None and (
-            isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number))
-        ):
+        if (value is not None or name not in ("step_size", "L")) and not _is_number(value):
             raise TypeError(f"{name} must be a number, got {value!r}.")
     value = config.pretrain_steps
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):

@@ -569,5 +569,8 @@ def mclmc_tuner_L_from_trace(
     Call once, after the last phase-III step (the kernel does it outside ``vmap`` so that the
     FFT runs once per warmup, not on every step).
     """
-    ess = effective_sample_size(state.trace)
+    # The FFT needs float32 or float64 (a bfloat16 or float16 chain is promoted for it).
+    ess = effective_sample_size(
+        state.trace.astype(jnp.promote_types(state.trace.dtype, jnp.float32))
+    )
     return (0.4 * step_size * jnp.mean(config.num_phase3 / ess)).astype(step_size.dtype)
