@@ -148,6 +148,9 @@ def test_non_finite_outcome_resets_for_every_tuner(name, warming_up):
     assert all(bool(jnp.isfinite(leaf)) or float(leaf) == math.inf for leaf in new_params)
     _, _, reset = tuner.update(state, new_params, outcome(0.01, warming_up=warming_up))
     assert not bool(reset)  # a finite, small step right after is accepted
+    # a non-finite position with a finite dE (no real step gives one) is reset as well
+    odd = outcome(0.01, finite=False, warming_up=warming_up, proposal=jnp.full(DIM, jnp.inf))
+    assert bool(tuner.update(state, new_params, odd)[2])
 
 
 def test_fixed_tuner_never_changes_params():

@@ -72,6 +72,16 @@ def test_energy_tuner_carries_the_tuner_settings():
         ("pretrain_steps", 10.0),
         ("pretrain_steps", True),
         ("pretrain_steps", "10"),
+        # None means "the default" only for precondition, step_size and L
+        ("adapt", None),
+        ("adapt_during_sampling", None),
+        ("reset_quantile", None),
+        ("adapt_tail_prob", None),
+        ("adapt_rate", None),
+        ("smoothing", None),
+        ("shrink_share", None),
+        ("max_noise_angle", None),
+        ("pretrain_learning_rate", None),
     ],
 )
 def test_wrong_type_is_a_type_error_naming_the_option(option, value):
@@ -157,6 +167,9 @@ def test_boundary_and_numpy_values_are_accepted(changes):
         ([0.5, 0.1], (0.5, 0.1)),
         ((3, 1), (3.0, 1.0)),
         (np.float64(0.2), (0.2, 0.2)),
+        (np.float32(0.25), (0.25, 0.25)),
+        (np.array([0.5, 0.25]), (0.5, 0.25)),
+        ((np.float32(0.5), np.int64(1)), (0.5, 1.0)),
     ],
 )
 def test_desired_energy_var_is_stored_as_a_pair_of_floats(given, stored):

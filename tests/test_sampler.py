@@ -353,8 +353,9 @@ def test_step_keeps_the_dtype_of_every_leaf():
         return -0.5 * jnp.sum(x.astype(jnp.float32) ** 2)
 
     target = Target(logdensity, unravel)
-    # L given: no phase III (its ESS is an FFT, which XLA has for float32/64 only).
-    plan = sampler.make_plan(SMILEConfig(pretrain_steps=0, L=2.0), {}, 20, 4)
+    # L tuned: phase III's ESS (an FFT, which XLA has for float32/64 only) runs on a float32
+    # copy of the bfloat16 trace.
+    plan = sampler.make_plan(SMILEConfig(pretrain_steps=0), {}, 20, 4)
     kernel = sampler.build_kernel(plan)
     state = jax.jit(lambda x, k: kernel.init(x, k, target))(
         jnp.ones(4, jnp.bfloat16), jax.random.key(0)
@@ -366,6 +367,7 @@ def test_step_keeps_the_dtype_of_every_leaf():
     before_dtypes = [leaf.dtype for leaf in jax.tree.leaves(state)]
     assert [leaf.dtype for leaf in jax.tree.leaves(after)] == before_dtypes
     assert int(after.i) == 30
+    assert float(after.L) != float(state.L) and np.isfinite(float(after.L))  # phase III ran
 
 
 def nan_away_from(x0, logdensity):
