@@ -6,10 +6,11 @@ from numpyro_smile.diagnostics import ResetWarning, check_resets
 from numpyro_smile.ensemble import SMILEEnsemble
 from numpyro_smile.evaluation import evaluate, predict
 from numpyro_smile.kernel import SMILE, SMILEState
-from numpyro_smile.model_views import ModelError
+from numpyro_smile.model_views import FullBatchWarning, ModelError
 
 __all__ = [
     "SMILE",
+    "FullBatchWarning",
     "ModelError",
     "ResetWarning",
     "SMILEConfig",

@@ -23,9 +23,8 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +48,9 @@ from numpyro_smile.config import SMILEConfig
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY
 from numpyro_smile.runtime import Progress, Timings
 from numpyro_smile.sampler import SMILEState
+
+if TYPE_CHECKING:  # ArviZ takes seconds to import: only where InferenceData is built
+    import arviz as az
 
 __all__ = ["SMILEEnsemble", "default_pretrain_optimizer"]
 
@@ -282,54 +284,58 @@ class SMILEEnsemble:
     def _pipeline(self, rng_key, model_args, model_kwargs, validation, init_params, resume_from,
                   warmup_only=False):  # fmt: skip
         """run = pretrain + init + warmup + sample; resume = restore + warmup left + sample
-        (the stages are :mod:`numpyro_smile.pipeline`'s)."""
-        start, timings = time.perf_counter(), Timings()
-        self.timings = timings.seconds
-        model_views.check_finite_data(model_args, model_kwargs)
-        self._plates = model_views.inspect_model(self._model, model_args, model_kwargs)
-        if validation is not None:
-            validation = targets.validation_loss(self._model, validation, model_kwargs)
-        key_init, key_pretrain, key_chains, key_post = jax.random.split(rng_key, 4)
-        mesh = sharding.member_mesh(self.devices, self.num_members)
-        arrays, bind = model_views.split_model_args(model_args, model_kwargs)
-        arrays = sharding.replicate(arrays, mesh)
-        saved = _load(resume_from, self) if resume_from is not None else None
-        info = model_views.initialize_subsampled_model(
-            jax.random.split(key_init, self.num_members), self._model, self._plates,
-            self.init_strategy, model_args, model_kwargs,
-            shapes_only=init_params is not None or saved is not None,
-        )  # fmt: skip
-        initial = info.param_info.z
-        if saved is not None:
-            self._check_resumable(saved, initial)
-            self.pretrained_params, self._pretraining = saved.pretrained_params, saved.pretraining
-        elif init_params is not None:
-            one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), initial)
-            targets.check_init_params(init_params, one, self.num_members)
-            initial = jax.tree.map(jnp.asarray, init_params)
-        num_warmup = self.num_warmup if saved is None else saved.num_warmup
-        remaining = num_warmup if saved is None else max(0, num_warmup - saved.steps)
-        pretraining = 0 if saved is not None else (
-            self.pretrain_epochs if self.pretrain_steps is None else self.pretrain_steps
-        )  # fmt: skip
-        total = pretraining + remaining + (0 if warmup_only else self.num_samples)
-        with Progress(total, self.progress_bar) as progress:
-            if saved is None:
-                self.pretrained_params, self._pretraining = pipeline.pretrain_members(
-                    info.potential_fn, initial, self._plates, arrays, bind, key_pretrain,
-                    optimizer=self.pretrain_optimizer, batch_size=self.pretrain_batch_size,
-                    num_epochs=self.pretrain_epochs, num_steps=self.pretrain_steps,
-                    validation=validation, patience=self.patience, mesh=mesh, timings=timings,
-                    progress=progress,
+        (the stages are :mod:`numpyro_smile.pipeline`'s). Every second of it is in one of
+        ``timings``' phases: setup, compile, pretrain, init, warmup, sampling, postprocess."""
+        start = time.perf_counter()
+        with Progress(self.progress_bar) as progress:
+            timings = Timings(on_compile=lambda what: progress.status(f"compiling {what}"))
+            self.timings = timings.seconds
+            with timings.phase("setup"):
+                model_views.check_finite_data(model_args, model_kwargs)
+                self._plates = model_views.inspect_model(self._model, model_args, model_kwargs)
+                if validation is not None:
+                    validation = targets.validation_loss(self._model, validation, model_kwargs)
+                key_init, key_pretrain, key_chains, key_post = jax.random.split(rng_key, 4)
+                mesh = sharding.member_mesh(self.devices, self.num_members)
+                arrays, bind = model_views.split_model_args(model_args, model_kwargs)
+                arrays = sharding.replicate(arrays, mesh)
+                saved = _load(resume_from, self) if resume_from is not None else None
+                info = model_views.initialize_subsampled_model(
+                    jax.random.split(key_init, self.num_members), self._model, self._plates,
+                    self.init_strategy, model_args, model_kwargs,
+                    shapes_only=init_params is not None or saved is not None,
                 )  # fmt: skip
+                initial = info.param_info.z
+                if saved is not None:
+                    self._check_resumable(saved, initial)
+                    self.pretrained_params = saved.pretrained_params
+                    self._pretraining = saved.pretraining
+                elif init_params is not None:
+                    one = jax.tree.map(
+                        lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), initial
+                    )
+                    targets.check_init_params(init_params, one, self.num_members)
+                    initial = jax.tree.map(jnp.asarray, init_params)
+            num_warmup = self.num_warmup if saved is None else saved.num_warmup
+            remaining = num_warmup if saved is None else max(0, num_warmup - saved.steps)
+            if saved is None:
+                with timings.phase("pretrain"):
+                    self.pretrained_params, self._pretraining = pipeline.pretrain_members(
+                        info.potential_fn, initial, self._plates, arrays, bind, key_pretrain,
+                        optimizer=self.pretrain_optimizer, batch_size=self.pretrain_batch_size,
+                        num_epochs=self.pretrain_epochs, num_steps=self.pretrain_steps,
+                        validation=validation, patience=self.patience, mesh=mesh,
+                        timings=timings, progress=progress,
+                    )  # fmt: skip
             members = initial if self.pretrained_params is None else self.pretrained_params
-            chains = pipeline.member_chains(
-                self._model, self._plates, members, model_args, model_kwargs, bind, key_chains,
-                config=self.config, full_batch=self.full_batch, num_warmup=num_warmup,
-                init_strategy=self.init_strategy,
-            )  # fmt: skip
-            self.plan = chains.plan
             with timings.phase("init"):
+                progress.status(f"initialising {self.num_members} chains")
+                chains = pipeline.member_chains(
+                    self._model, self._plates, members, model_args, model_kwargs, bind,
+                    key_chains, config=self.config, full_batch=self.full_batch,
+                    num_warmup=num_warmup, init_strategy=self.init_strategy,
+                )  # fmt: skip
+                self.plan = chains.plan
                 if saved is None:
                     state = chains.init(sharding.shard_members(members, mesh, self.num_members))
                 else:
@@ -337,12 +343,16 @@ class SMILEEnsemble:
                     state = jax.device_put(checkpoint.restore_state(saved, template))
                 state = sharding.shard_members(state, mesh, self.num_members)
             loop = loops.advance_fn(chains.step)
-            advance = functools.cache(lambda: timings.compile(loop, state, 1, arrays))
+            advance = functools.cache(
+                lambda: timings.compile(loop, state, 1, arrays, what=f"the {self.plan.mode} loop")
+            )
             self.timings["warmup_s"] = 0.0
             if remaining:
+                compiled = advance()
                 with timings.phase("warmup"):
+                    progress.start("warmup", remaining)
                     report = pipeline.reporter(self.plan, progress, "warmup")
-                    state = loops.run_steps(advance(), state, remaining, arrays, report)
+                    state = loops.run_steps(compiled, state, remaining, arrays, report)
             self.post_warmup_state = self.last_state = state
             if warmup_only:
                 self.timings["total_s"] = time.perf_counter() - start
@@ -352,26 +362,25 @@ class SMILEEnsemble:
                 thinning=self.thinning, draws_per_chunk=self.draws_per_chunk, timings=timings,
                 progress=progress,
             )  # fmt: skip
-        self.last_state = state
-        attrs = {
-            "sampler": self.plan.variant,
-            "num_members": self.num_members,
-            "num_warmup": num_warmup,
-            "num_samples": self.num_samples,
-            "thinning": self.thinning,
-            "num_devices": 1 if mesh is None else mesh.size,
-        } | ({} if saved is None else {"resumed_at_step": saved.steps})
-        return self._to_inference_data(model_args, model_kwargs, draws, key_post, attrs, start)
-
-    def _to_inference_data(self, model_args, model_kwargs, draws, key_post, attrs, start):
-        post_start = time.perf_counter()
-        idata, self.memory = pipeline.members_inference_data(
-            self._model, model_args, model_kwargs, self._plates, draws, key_post,
-            pretrained=self.pretrained_params, pretraining=self._pretraining, attrs=attrs,
-            log_likelihood=self.log_likelihood, posterior_predictive=self.posterior_predictive,
-            memory_budget=self.memory_budget,
-        )  # fmt: skip
-        self.timings["postprocess_s"] = time.perf_counter() - post_start
+            self.last_state = state
+            attrs = {
+                "sampler": self.plan.variant,
+                "num_members": self.num_members,
+                "num_warmup": num_warmup,
+                "num_samples": self.num_samples,
+                "thinning": self.thinning,
+                "num_devices": 1 if mesh is None else mesh.size,
+            } | ({} if saved is None else {"resumed_at_step": saved.steps})
+            progress.start("post-processing", 0)
+            progress.status("post-processing: constraining the draws, the log-likelihood")
+            with timings.phase("postprocess"):
+                idata, self.memory = pipeline.members_inference_data(
+                    self._model, model_args, model_kwargs, self._plates, draws, key_post,
+                    pretrained=self.pretrained_params, pretraining=self._pretraining,
+                    attrs=attrs, log_likelihood=self.log_likelihood,
+                    posterior_predictive=self.posterior_predictive,
+                    memory_budget=self.memory_budget,
+                )  # fmt: skip
         self.timings["total_s"] = time.perf_counter() - start
         idata.sample_stats.attrs.update({k: round(v, 3) for k, v in self.timings.items()})
         diagnostics.check_resets(self.last_state, self.plan, label="members")

@@ -17,9 +17,8 @@ model replayed on held-out data, with every draw of every member pooled:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +26,9 @@ import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
 from numpyro_smile import model_views, replay
+
+if TYPE_CHECKING:  # ArviZ takes seconds to import; only its type is needed here
+    import arviz as az
 
 __all__ = ["evaluate", "expected_calibration_error", "lppd", "predict"]
 

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -26,6 +27,7 @@ from numpyro.util import identity, is_prng_key
 
 from numpyro_smile import batching, diagnostics, model_views, sampler, targets
 from numpyro_smile.config import SMILEConfig
+from numpyro_smile.runtime import Progress
 from numpyro_smile.sampler import SMILEState
 
 __all__ = ["DEFAULT_INIT_STRATEGY", "SMILE", "SMILEState"]
@@ -52,6 +54,8 @@ class SMILE(MCMCKernel):
             here means BlackJAX's 5e-4, for moments as accurate as NUTS's.
         init_strategy: NumPyro init strategy when ``init_params`` is not given (default
             ``init_to_uniform(radius=0.5)``: see ``DEFAULT_INIT_STRATEGY``).
+        verbose: one line at ``init`` saying which variant runs and that it compiles (the
+            wait before NumPyro's progress bar); ``None``: on a terminal, never under ``$CI``.
         data_size: with ``potential_fn`` only: N, the number of data points.
         subsample_size: with ``potential_fn`` only: B, the mini-batch size of the potential.
     """
@@ -66,6 +70,7 @@ class SMILE(MCMCKernel):
         *,
         config: SMILEConfig | None = None,
         init_strategy: Callable = DEFAULT_INIT_STRATEGY,
+        verbose: bool | None = None,
         data_size: int | None = None,
         subsample_size: int | None = None,
         **settings: Any,
@@ -79,22 +84,19 @@ class SMILE(MCMCKernel):
         self._model = model
         self._potential_fn = potential_fn
         self._init_strategy = init_strategy
+        self._verbose = verbose
         # potential_fn mode: the plate it declares; model mode: found at init.
         self._plates = targets.potential_plates(model, data_size, subsample_size)
         self._core: sampler.SMILEKernel | None = None
         self._postprocess_fn_gen = None
         self._sample_fn: Callable | None = None
         self._vectorized = False
-
-    # ---------------------------------------------------------------- what runs
+        self._auxiliary = False
 
     @property
     def model(self) -> Callable | None:
-        """A full-data view of the model (every subsample plate sees all N points).
-
-        ``az.from_numpyro(mcmc)`` reads this to compute ``log_likelihood`` and
-        ``observed_data`` over all N points rather than one random mini-batch.
-        """
+        """A full-data view of the model (every subsample plate sees all N points), which
+        ``az.from_numpyro`` reads for ``log_likelihood`` and ``observed_data``."""
         if self._model is None or not self._plates:
             return self._model
         return model_views.full_data_model(self._model, self._plates)
@@ -111,16 +113,14 @@ class SMILE(MCMCKernel):
 
     @property
     def preconditioned(self) -> bool:
-        """Whether the gradient-noise preconditioner is used: ``precondition``, or, when it is
-        ``None``, in mini-batch mode only (known after ``init``)."""
+        """Whether the preconditioner is used (``precondition=None``: on mini-batches only)."""
         if self.config.precondition is None:
             return bool(self._plates)
         return self.config.precondition
 
     @property
     def expected_reset_rate(self) -> float:
-        """Share of steps the guardrail resets by design: ``1 - reset_quantile`` in mini-batch
-        mode (the quantile rule), 0 in full batch (where only non-finite steps are reset)."""
+        """Share of steps the guardrail resets by design (see ``Plan.expected_reset_rate``)."""
         return 1.0 - self.config.reset_quantile if self._plates else 0.0
 
     @property
@@ -133,8 +133,6 @@ class SMILE(MCMCKernel):
         """The variant that runs, in words (known after ``init``): e.g. ``"pSMILE, B=256 of
         N=10000"`` on mini-batches, ``"MILE, full batch"`` without a subsample plate."""
         return sampler.describe(self.config, self._plates, self.preconditioned)
-
-    # ---------------------------------------------------------------- NumPyro protocol
 
     def init(
         self,
@@ -164,21 +162,37 @@ class SMILE(MCMCKernel):
             raise ValueError("SMILE(potential_fn=...) needs init_params in mcmc.run(...).")
 
         single = jax.tree.map(lambda a: a[0], init_params) if self._vectorized else init_params
+        self._auxiliary = ravel_pytree(single)[0].shape[0] == 1 and isinstance(single, dict)
+        if self._auxiliary:  # the velocity needs d >= 2: add an independent N(0, 1) coordinate
+            init_params = targets.add_auxiliary_site(init_params, num_chains)
+            single = jax.tree.map(lambda a: a[0], init_params) if self._vectorized else init_params
         flat, unravel = ravel_pytree(single)
         plan = sampler.make_plan(config, self._plates, num_warmup, flat.shape[0])
+        chains = f"{num_chains} chains" if num_chains else "a chain"
+        work = f", pretraining {config.pretrain_steps} Adam steps" if config.pretrain_steps else ""
+        Progress(self._verbose).status(
+            f"SMILE: {plan.mode}; compiling, initialising {chains}{work}"
+        )
         self._core = core = sampler.build_kernel(plan, num_chains)
         if self._model is not None:
             potential_gen = self._potential_fn_gen
 
-            def target_fn(args, kwargs):
+            def base_target(unravel, args, kwargs):
                 return targets.model_target(
                     self._model, potential_gen, self._plates, unravel, args, kwargs
                 )
 
         else:
 
-            def target_fn(args, kwargs):
+            def base_target(unravel, args, kwargs):
                 return targets.potential_target(self._potential_fn, self._plates, unravel)
+
+        def target_fn(args, kwargs):
+            if self._auxiliary:
+                return targets.with_auxiliary_site(
+                    partial(base_target, args=args, kwargs=kwargs), unravel
+                )
+            return base_target(unravel, args, kwargs)
 
         def init_chain(z, key):
             return core.init(ravel_pytree(z)[0], key, target_fn(model_args, model_kwargs))
@@ -207,11 +221,15 @@ class SMILE(MCMCKernel):
         return self._sample_fn(state, model_args, model_kwargs)
 
     def postprocess_fn(self, model_args: tuple, model_kwargs: dict) -> Callable:
-        """Constrain ``z`` (and replay deterministic sites, over the full data)."""
+        """Constrain ``z`` (and replay deterministic sites, over the full data); a
+        one-dimensional model's auxiliary coordinate is dropped."""
+        drop = targets.drop_auxiliary_site if self._auxiliary else identity
         if self._postprocess_fn_gen is None:
-            return identity
+            return drop
         indices = batching.full_data_indices(self._plates)
-        return self._postprocess_fn_gen(*model_args, **targets.with_indices(model_kwargs, indices))
+        kwargs = targets.with_indices(model_kwargs, indices)
+        constrain = self._postprocess_fn_gen(*model_args, **kwargs)
+        return lambda z: constrain(drop(z))
 
     def get_diagnostics_str(self, state: SMILEState) -> str:
         """Progress-bar text: the variant, the mean step size, and the resets next to what the

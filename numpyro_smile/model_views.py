@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro import handlers
+from numpyro import handlers, primitives
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import (
     ModelInfo,
@@ -33,12 +33,13 @@ from numpyro.infer.util import (
     compute_log_probs,
     initialize_model,
 )
-from numpyro.primitives import Messenger
+from numpyro.primitives import Messenger, plate
 
 from numpyro_smile.batching import PlateInfo
 
 __all__ = [
     "SUBSAMPLE_KWARG",
+    "FullBatchWarning",
     "ModelError",
     "check_finite_data",
     "fixed_indices_model",
@@ -61,14 +62,23 @@ class ModelError(ValueError):
     """A model SMILE cannot sample as written; the message says what to change."""
 
 
+class FullBatchWarning(UserWarning):
+    """A model written for mini-batches (``numpyro.subsample`` in a plate) got no
+    ``subsample_size``, so it runs with full-data gradients: often a forgotten argument."""
+
+
 class _PlateInspector(Messenger):
-    """Records every plate and hands subsampled plates fixed indices (no RNG needed)."""
+    """Records every plate and hands subsampled plates fixed indices (no RNG needed); notes
+    the plates that ``numpyro.subsample`` calls sit in."""
 
     def __init__(self, fn=None):
         self.plates: dict[str, tuple[int, int | None]] = {}
+        self.subsampled_in: set[str] = set()
         super().__init__(fn)
 
     def process_message(self, msg):
+        if msg["type"] == "subsample":  # the plates it sits in are those on the stack
+            self.subsampled_in |= {h.name for h in primitives._PYRO_STACK if isinstance(h, plate)}
         if msg["type"] != "plate":
             return
         size, subsample_size = msg["args"]
@@ -119,6 +129,8 @@ def inspect_model(
         raise ModelError(hint) from error
     plates: dict[str, PlateInfo] = {}
     for name, (size, subsample_size) in inspector.plates.items():
+        if subsample_size is None and check and name in inspector.subsampled_in:
+            _warn_full_batch(name, size)
         if subsample_size is None or subsample_size == size:
             continue
         if subsample_size > size and check:
@@ -164,6 +176,18 @@ def inspect_model(
     if plates:
         _check_traced_indices(model, model_args, model_kwargs, plates)
     return plates
+
+
+def _warn_full_batch(name: str, size: int) -> None:
+    warnings.warn(
+        f"numpyro.plate({name!r}, {size}) is written for mini-batches (numpyro.subsample "
+        "inside it) but has no subsample_size, so SMILE samples with full-data gradients on "
+        f"all {size} points (MILE). For mini-batches give the plate subsample_size=B (e.g. "
+        "mcmc.run(..., subsample_size=256) for a model that passes it on); to mean full "
+        f"batch, give subsample_size={size} (or filter FullBatchWarning).",
+        FullBatchWarning,
+        stacklevel=3,
+    )
 
 
 def _check_traced_indices(model, model_args, model_kwargs, plates: dict) -> None:

@@ -20,7 +20,6 @@ from jax.sharding import Mesh
 
 from numpyro_smile import (
     diagnostics,
-    inference_data,
     loops,
     memory,
     model_views,
@@ -101,6 +100,9 @@ def pretrain_members(
             patience=patience,
             mesh=mesh,
             timings=timings,
+            on_ready=lambda: progress.start(
+                "pretraining", length, "epoch" if num_steps is None else "step"
+            ),
             on_epochs=lambda count: progress.update(count * unit, "pretraining"),
         )
         progress.update(max(0, length - progress.phase_done("pretraining")), "pretraining")
@@ -202,8 +204,9 @@ def sample_members(
     )
     record = loops.record_fn(full_batch=not chains.plan.plates)
     sample_chunk = loops.sample_chunk_fn(chains.step, record, thinning, chunk)
+    compiled = timings.compile(sample_chunk, state, 1, arrays, what="the sampling loop")
     with timings.phase("sampling"):
-        compiled = timings.compile(sample_chunk, state, 1, arrays)
+        progress.start("sampling", num_samples)
         report = reporter(chains.plan, progress, "sampling", thinning)
         draws, state = loops.collect_draws(compiled, state, arrays, num_draws, chunk, report)
         leftover = num_samples - num_draws * thinning
@@ -232,6 +235,8 @@ def members_inference_data(
     to_inference_data`) and the memory report: ``peak_rss_bytes`` of the process,
     ``device_peak_bytes`` where the backend reports it, ``budget_bytes`` and, per replay,
     its chunking and estimated ``chunk_peak_bytes``."""
+    from numpyro_smile import inference_data  # imports ArviZ (seconds): only when needed
+
     replays: dict = {}
     idata = inference_data.to_inference_data(
         model,

@@ -276,6 +276,7 @@ def pretrain(
     patience: int | None = None,
     mesh: Mesh | None = None,
     timings: Timings | None = None,
+    on_ready: Callable[[], None] | None = None,
     on_epochs: Callable[[int], None] | None = None,
 ) -> tuple[jax.Array, dict[str, np.ndarray]]:
     """Train K members, in a few compiled calls; the deep ensemble of the MILE/SMILE recipe.
@@ -294,7 +295,9 @@ def pretrain(
         validation: ``(loss(x, arrays), arrays)`` on held-out data, for early stopping.
         patience: epochs without validation improvement before a member stops.
         mesh: the member mesh (:func:`numpyro_smile.sharding.member_mesh`) or ``None``.
-        timings: where compilation and the ``pretrain`` phase are timed.
+        timings: where the compilation is timed (``compile_s``).
+        on_ready: called once compilation is done, before the first epoch (a progress bar
+            opened then shows rates and ETAs without compilation).
         on_epochs: called with the number of epochs each compiled call ran (progress).
 
     Returns:
@@ -325,20 +328,21 @@ def pretrain(
 
     state = pretrain_init(positions, optimizer, plates, rng_key)
     state = sharding.shard_members(state, mesh, num_members)
-    with timings.phase("pretrain"):
-        compiled = timings.compile(run_epochs, state, 1, arrays, validation_arrays)
-        train_curve, validation_curve = [], []
-        done = 0
-        while done < num_epochs:
-            count = min(chunk, num_epochs - done)
-            state, train, valid = compiled(state, count, arrays, validation_arrays)
-            train_curve.append(np.asarray(train)[:count])
-            validation_curve.append(np.asarray(valid)[:count])
-            done += count
-            if on_epochs is not None:
-                on_epochs(count)
-            if validation_loss is not None and patience and bool(jnp.all(state.stopped)):
-                break
+    compiled = timings.compile(run_epochs, state, 1, arrays, validation_arrays, what="pretraining")
+    if on_ready is not None:
+        on_ready()
+    train_curve, validation_curve = [], []
+    done = 0
+    while done < num_epochs:
+        count = min(chunk, num_epochs - done)
+        state, train, valid = compiled(state, count, arrays, validation_arrays)
+        train_curve.append(np.asarray(train)[:count])
+        validation_curve.append(np.asarray(valid)[:count])
+        done += count
+        if on_epochs is not None:
+            on_epochs(count)
+        if validation_loss is not None and patience and bool(jnp.all(state.stopped)):
+            break
     curves = {"train_loss": np.concatenate(train_curve).T}
     if validation_loss is not None:
         curves["validation_loss"] = np.concatenate(validation_curve).T

@@ -2,7 +2,8 @@
 
 A driver runs each phase (pretraining, warmup, sampling) as a few calls of one ahead-of-time
 compiled function, so it can report progress between calls and time compilation apart from
-running: :class:`Timings` compiles and times, :class:`Progress` draws the bar.
+running: :class:`Timings` compiles and times, :class:`Progress` draws a bar per phase (ETAs
+without compilation) and status lines for the phases in between.
 """
 
 from __future__ import annotations
@@ -26,13 +27,18 @@ class Timings:
     """Seconds per phase (``"<phase>_s"``), compilation counted once, in ``"compile_s"``.
 
     ``seconds`` is a plain dict, e.g. ``{"compile_s": 4.1, "init_s": 0.3, "warmup_s": 2.0}``.
+    ``on_compile``, when set, is called with a description before each compilation (a
+    driver's status line).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_compile: Callable[[str], None] | None = None) -> None:
         self.seconds: dict[str, float] = {"compile_s": 0.0}
+        self.on_compile = on_compile
 
-    def compile(self, fn: Callable, *example_args: Any) -> Callable:
+    def compile(self, fn: Callable, *example_args: Any, what: str = "") -> Callable:
         """AOT-compile ``fn`` for ``example_args`` (the compilation timed as ``compile_s``)."""
+        if self.on_compile is not None and what:
+            self.on_compile(what)
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*example_args).compile()
         self.seconds["compile_s"] += time.perf_counter() - start
@@ -40,49 +46,75 @@ class Timings:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time the block as ``"<name>_s"``, less the compilation that happened inside it."""
+        """Time the block as ``"<name>_s"`` (added to what the phase has so far), less the
+        compilation that happened inside it."""
         start, compiled = time.perf_counter(), self.seconds["compile_s"]
         try:
             yield
         finally:
             elapsed = time.perf_counter() - start - (self.seconds["compile_s"] - compiled)
-            self.seconds[f"{name}_s"] = elapsed
+            self.seconds[f"{name}_s"] = self.seconds.get(f"{name}_s", 0.0) + elapsed
 
 
 class Progress:
-    """A tqdm bar over a driver's phases (a no-op when disabled).
+    """What a driver is doing, on the terminal: one bar per phase and a line for the rest.
+
+    Each phase (pretraining, warmup, sampling) gets its own bar in its own unit, opened by
+    :meth:`start` once the phase's compiled function is ready, so its rate and ETA exclude
+    compilation; phases without steps (compiling, initialising, post-processing) get a
+    status line (:meth:`status`). Disabled, it only counts (:meth:`phase_done`).
 
     Args:
-        total: steps in all phases together.
         enabled: ``None``: only on a terminal, and never when ``$CI`` is set.
+        file: where to write (default ``sys.stderr``).
     """
 
-    def __init__(self, total: int, enabled: bool | None) -> None:
+    def __init__(self, enabled: bool | None, file: Any = None) -> None:
+        self._file = sys.stderr if file is None else file
         if enabled is None:
-            enabled = sys.stderr.isatty() and not os.environ.get("CI")
-        self._bar = None
+            enabled = self._file.isatty() and not os.environ.get("CI")
+        self.enabled = bool(enabled)
+        self._bar: Any = None
+        self._phase = ""
         self._done: dict[str, int] = {}
-        if enabled:
+
+    def status(self, text: str) -> None:
+        """One line, e.g. ``"compiling the warmup loop"``."""
+        if self.enabled:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+            tqdm.write(text, file=self._file)
+
+    def start(self, phase: str, total: int, unit: str = "step") -> None:
+        """Open the bar of ``phase`` (``total`` ``unit``s), closing the previous one."""
+        self._close_bar()
+        self._phase = phase
+        if self.enabled and total > 0:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total, desc=phase, unit=unit, dynamic_ncols=True, file=self._file
+            )
 
     def update(self, count: int, phase: str, postfix: str = "") -> None:
-        """``count`` more steps of ``phase`` done; ``postfix``: the sampler's status text."""
+        """``count`` more units of ``phase`` done; ``postfix``: the sampler's status text."""
         self._done[phase] = self._done.get(phase, 0) + count
-        if self._bar is not None:
-            self._bar.set_description(phase)
+        if self._bar is not None and phase == self._phase:
             if postfix:
                 self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.update(count)
 
     def phase_done(self, phase: str) -> int:
-        """Steps of ``phase`` reported so far."""
+        """Units of ``phase`` reported so far."""
         return self._done.get(phase, 0)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._close_bar()

@@ -30,15 +30,19 @@ from numpyro_smile import batching, model_views, replay
 from numpyro_smile.sampler import Target
 
 __all__ = [
+    "AUXILIARY_SITE",
     "ModelProblem",
+    "add_auxiliary_site",
     "argument_shapes",
     "check_init_params",
     "check_same_shapes",
+    "drop_auxiliary_site",
     "model_problem",
     "model_target",
     "potential_plates",
     "potential_target",
     "validation_loss",
+    "with_auxiliary_site",
     "with_indices",
 ]
 
@@ -105,6 +109,52 @@ def potential_target(potential_fn: Callable, plates: dict, unravel: Callable) ->
             return -potential_fn(unravel(x))
 
     return Target(logdensity, unravel)
+
+
+#: The extra site of a one-dimensional target (see :func:`with_auxiliary_site`).
+AUXILIARY_SITE = "_smile_auxiliary"
+
+
+def add_auxiliary_site(z: dict, num_chains: int | None) -> dict:
+    """``z`` plus :data:`AUXILIARY_SITE` at 0 (``(num_chains,)`` zeros for several chains)."""
+    dtype = jax.tree.leaves(z)[0].dtype
+    return {**z, AUXILIARY_SITE: jnp.zeros(() if num_chains is None else (num_chains,), dtype)}
+
+
+def drop_auxiliary_site(z: dict) -> dict:
+    """``z`` without :data:`AUXILIARY_SITE`."""
+    return {name: value for name, value in z.items() if name != AUXILIARY_SITE}
+
+
+def with_auxiliary_site(make_target: Callable[[Callable], Target], unravel: Callable) -> Target:
+    """A one-dimensional target made two-dimensional, as MCLMC needs (its velocity lives on
+    the sphere S^(d-1), a single point for d = 1): the product of the target and an
+    independent N(0, 1) on :data:`AUXILIARY_SITE`, which leaves the target's marginal exact.
+
+    Args:
+        make_target: ``unravel -> Target`` of the model alone (e.g. :func:`model_target`
+            with its data bound).
+        unravel: flat ``(2,)`` vector -> ``z`` with the auxiliary site.
+    """
+    base = make_target(lambda x: drop_auxiliary_site(unravel(x)))
+
+    def auxiliary(x):
+        return unravel(x)[AUXILIARY_SITE]
+
+    def logdensity(x, indices):
+        return base.logdensity_fn(x, indices) - 0.5 * auxiliary(x) ** 2
+
+    terms = None
+    if base.logdensity_terms_fn is not None:
+
+        def terms(x):
+            return [*base.logdensity_terms_fn(x), -0.5 * auxiliary(x) ** 2]
+
+    def prior_potential(x):
+        prior = 0.0 if base.prior_potential_fn is None else base.prior_potential_fn(x)
+        return prior + 0.5 * auxiliary(x) ** 2
+
+    return Target(logdensity, unravel, terms, prior_potential)
 
 
 def potential_plates(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +83,12 @@ def test_adding_a_kernel_example_runs_and_is_right(capsys):
     # smaller still. Allow 0.5 sd.
     assert np.all(np.abs(draws.mean(0) - mean) < 0.5 * sd), (draws.mean(0), mean, sd)
     assert "[" in capsys.readouterr().out
+
+
+def test_importing_the_package_leaves_arviz_for_later():
+    """ArviZ (seconds to import) loads only when InferenceData is built or read."""
+    code = "import numpyro_smile, sys; print('arviz' in sys.modules, 'xarray' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.split() == ["False", "False"], out

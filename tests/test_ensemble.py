@@ -342,3 +342,35 @@ def test_sharded_members_match_unsharded(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK" in result.stdout
+
+
+def test_every_phase_reports_progress_and_the_timings_add_up(capsys):
+    """A bar per phase in its own unit (opened after compilation, so ETAs exclude it), a
+    status line for the phases in between, and timings that account for the whole run."""
+    X, y = synthetic_regression(200, 3)
+    ensemble = SMILEEnsemble(
+        partial(mlp_regression, hidden=(4,), subsample_size=32),
+        num_members=2,
+        num_warmup=20,
+        num_samples=20,
+        thinning=2,
+        pretrain_epochs=3,
+        progress_bar=True,
+    )
+    ensemble.run(jax.random.key(0), X[:160], y[:160], validation=(X[160:], y[160:]))
+    err = capsys.readouterr().err
+    for line in (
+        "compiling pretraining",
+        "initialising 2 chains",
+        "compiling the pSMILE, B=32 of N=160 loop",
+        "compiling the sampling loop",
+        "post-processing",
+    ):
+        assert line in err, (line, err)
+    assert "pretraining: 100%" in err and "3/3" in err and "epoch" in err
+    assert "warmup: 100%" in err and "20/20" in err and "resets" in err
+    assert "sampling: 100%" in err
+    timings = ensemble.timings
+    phases = ("setup", "compile", "pretrain", "init", "warmup", "sampling", "postprocess")
+    covered = sum(timings[f"{phase}_s"] for phase in phases)
+    assert 0.95 * timings["total_s"] <= covered <= timings["total_s"] * 1.001, timings

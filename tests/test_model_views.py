@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ from numpyro.infer.util import initialize_model
 
 from numpyro_smile import model_views
 from numpyro_smile.batching import PlateInfo
-from numpyro_smile.model_views import ModelError
+from numpyro_smile.model_views import FullBatchWarning, ModelError, inspect_model
 
 from .conftest import linear_regression
 
@@ -173,3 +175,26 @@ def test_full_data_model_predicts_on_new_data_of_another_size():
     assert np.abs(mean - np.asarray(X_test).sum(1)).max() < 5 / np.sqrt(7)  # 5 sd
     ll = log_likelihood(view, samples, *small_data(n=120), subsample_size=50)
     assert ll["obs"].shape == (7, 120)
+
+
+def test_a_forgotten_subsample_size_warns_and_an_explicit_one_does_not():
+    """A plate that calls numpyro.subsample but got no subsample_size runs full batch: say so.
+    subsample_size=N means full batch on purpose; a plate without numpyro.subsample is an
+    ordinary full-batch model."""
+    X = jnp.ones((50, 2))
+    y = jnp.zeros(50)
+    with pytest.warns(FullBatchWarning, match=r"plate\('N', 50\).*subsample_size=50"):
+        assert inspect_model(linear_regression, (X, y), {}) == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert inspect_model(linear_regression, (X, y), {"subsample_size": 50}) == {}
+        assert inspect_model(linear_regression, (X, y), {"subsample_size": 10}) != {}
+
+        def plain(X, y=None):
+            beta = numpyro.sample("beta", dist.Normal().expand([2]).to_event(1))
+            with numpyro.plate("data", X.shape[0]):
+                numpyro.sample("obs", dist.Normal(X @ beta, 1.0), obs=y)
+
+        assert inspect_model(plain, (X, y), {}) == {}
+        # reading plates of held-out data (check=False) never warns
+        assert inspect_model(linear_regression, (X, y), {}, check=False) == {}

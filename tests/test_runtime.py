@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 import types
 
@@ -69,9 +70,12 @@ def test_real_clock_compile_and_phase():
 
 
 def test_disabled_progress_is_silent_but_counts(capsys):
-    with Progress(total=100, enabled=False) as progress:
+    with Progress(enabled=False) as progress:
+        progress.start("warmup", 12)
         progress.update(5, "warmup", "step 0.1")
         progress.update(7, "warmup")
+        progress.status("compiling the sampling loop")
+        progress.start("sampling", 3)
         progress.update(3, "sampling")
         assert progress.phase_done("warmup") == 12
         assert progress.phase_done("sampling") == 3
@@ -82,16 +86,40 @@ def test_disabled_progress_is_silent_but_counts(capsys):
 
 def test_progress_is_off_under_ci_by_default(monkeypatch, capsys):
     monkeypatch.setenv("CI", "true")
-    with Progress(total=10, enabled=None) as progress:
+    with Progress(enabled=None) as progress:
+        progress.start("warmup", 10)
         progress.update(10, "warmup")
-        assert progress.phase_done("warmup") == 10
+        assert progress.phase_done("warmup") == 10 and not progress.enabled
     assert capsys.readouterr().err == ""
 
 
-def test_enabled_progress_draws_a_bar(capsys):
-    with Progress(total=10, enabled=True) as progress:
+def test_enabled_progress_draws_a_bar_per_phase_and_status_lines():
+    out = io.StringIO()
+    with Progress(enabled=True, file=out) as progress:
+        progress.status("compiling pretraining")
+        progress.start("pretraining", 3, "epoch")
+        progress.update(3, "pretraining")
+        progress.start("warmup", 4)
         progress.update(4, "warmup", "eps 0.1")
+        progress.start("sampling", 6)
         progress.update(6, "sampling")
-        assert progress.phase_done("warmup") == 4 and progress.phase_done("sampling") == 6
-    err = capsys.readouterr().err
-    assert "sampling" in err and "10/10" in err
+        progress.update(2, "warmup")  # not the open bar's phase: counted, not drawn
+        assert progress.phase_done("warmup") == 6 and progress.phase_done("sampling") == 6
+    text = out.getvalue()
+    assert "compiling pretraining\n" in text
+    # each phase its own bar, in its own unit, each complete
+    assert "pretraining: 100%" in text and "3/3" in text and "epoch" in text
+    assert "warmup: 100%" in text and "4/4" in text and "eps 0.1" in text
+    assert "sampling: 100%" in text and "6/6" in text
+
+
+def test_phases_accumulate_and_compile_on_compile_hook():
+    announced = []
+    timings = Timings(on_compile=announced.append)
+    with timings.phase("warmup"):
+        time.sleep(0.02)
+    with timings.phase("warmup"):
+        time.sleep(0.02)
+        timings.compile(lambda x: x + 1, jnp.ones(3), what="the warmup loop")
+    assert timings.seconds["warmup_s"] >= 0.04
+    assert announced == ["the warmup loop"]
