@@ -60,10 +60,11 @@ def reset_summary(
         f"SMILE guardrail: {total} resets in {affected} of {resets.size} {label} ({rate:.1%} of "
         f"{steps} steps; {expectation}). A reset rejects a step with a non-finite or extreme "
         "energy error, keeps the position and redraws the velocity, so every draw stays "
-        "finite, but this many means the step size keeps meeting trouble (a funnel, heavy "
-        "tails, outliers, a fixed step_size too large). Look at sample_stats.diverging (and "
-        "resets) to see where; try adapt=True or a smaller step_size, more warmup, or a "
-        "reparameterisation."
+        "finite, but this many means the step size keeps meeting trouble: a start far from "
+        "the posterior (init_params are unconstrained values: pass log(sigma), not sigma; "
+        "pretrained points help), a funnel, heavy tails, outliers, or a fixed step_size too "
+        "large. Look at sample_stats.diverging (and resets) to see where; check the start, "
+        "then try more warmup, a smaller fixed step_size, or a reparameterisation."
     )
 
 
