@@ -291,6 +291,7 @@ class SMILEEnsemble:
             timings = Timings(on_compile=lambda what: progress.status(f"compiling {what}"))
             self.timings = timings.seconds
             with timings.phase("setup"):
+                progress.status(f"SMILEEnsemble: {self.num_members} members; checking the model")
                 model_views.check_finite_data(model_args, model_kwargs)
                 self._plates = model_views.inspect_model(self._model, model_args, model_kwargs)
                 if validation is not None:

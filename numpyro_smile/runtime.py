@@ -103,6 +103,8 @@ class Progress:
             if postfix:
                 self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.update(count)
+            if self._bar.n >= self._bar.total:  # done: its rate stops here, not at the next
+                self._close_bar()
 
     def phase_done(self, phase: str) -> int:
         """Units of ``phase`` reported so far."""

@@ -359,6 +359,7 @@ def test_every_phase_reports_progress_and_the_timings_add_up(capsys):
     )
     ensemble.run(jax.random.key(0), X[:160], y[:160], validation=(X[160:], y[160:]))
     err = capsys.readouterr().err
+    assert err.startswith("SMILEEnsemble: 2 members; checking the model\n"), err[:200]
     for line in (
         "compiling pretraining",
         "initialising 2 chains",
