@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 from jax.flatten_util import ravel_pytree
-from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import identity, is_prng_key
 
@@ -29,13 +28,9 @@ from numpyro_smile import batching, diagnostics, model_views, sampler, targets
 from numpyro_smile.config import SMILEConfig
 from numpyro_smile.runtime import Progress
 from numpyro_smile.sampler import SMILEState
+from numpyro_smile.targets import DEFAULT_INIT_STRATEGY
 
 __all__ = ["DEFAULT_INIT_STRATEGY", "SMILE", "SMILEState"]
-
-#: Where chains start (before pretraining) when no ``init_params`` are given: nearer the
-#: prior's centre than NUTS's radius 2 in unconstrained space, since MCLMC moves one step size
-#: per step. Neural networks are better started from trained points (``init_params``).
-DEFAULT_INIT_STRATEGY = init_to_uniform(radius=0.5)
 
 
 class SMILE(MCMCKernel):
@@ -114,14 +109,12 @@ class SMILE(MCMCKernel):
     @property
     def preconditioned(self) -> bool:
         """Whether the preconditioner is used (``precondition=None``: on mini-batches only)."""
-        if self.config.precondition is None:
-            return bool(self._plates)
-        return self.config.precondition
+        return sampler.preconditioned(self.config, self._plates)
 
     @property
     def expected_reset_rate(self) -> float:
         """Share of steps the guardrail resets by design (see ``Plan.expected_reset_rate``)."""
-        return 1.0 - self.config.reset_quantile if self._plates else 0.0
+        return sampler.expected_reset_rate(self.config, self._plates)
 
     @property
     def is_ensemble_kernel(self) -> bool:

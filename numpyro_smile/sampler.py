@@ -48,7 +48,9 @@ __all__ = [
     "Target",
     "build_kernel",
     "describe",
+    "expected_reset_rate",
     "make_plan",
+    "preconditioned",
 ]
 
 #: Gradient sanitising in mini-batch mode (as SMILE's reference code does): NaN -> 0, then clip.
@@ -152,7 +154,19 @@ class Plan(NamedTuple):
     def expected_reset_rate(self) -> float:
         """Share of steps the guardrail resets by design: ``1 - reset_quantile`` on
         mini-batches (the quantile rule), 0 in full batch (only non-finite steps reset)."""
-        return 1.0 - self.config.reset_quantile if self.plates else 0.0
+        return expected_reset_rate(self.config, self.plates)
+
+
+def preconditioned(config: SMILEConfig, plates: Any) -> bool:
+    """Whether the gradient-noise preconditioner runs: ``config.precondition``, or, when it
+    is ``None``, on mini-batches only (``plates`` non-empty)."""
+    return bool(plates) if config.precondition is None else config.precondition
+
+
+def expected_reset_rate(config: SMILEConfig, plates: Any) -> float:
+    """Share of steps the guardrail resets by design: ``1 - reset_quantile`` on mini-batches
+    (the quantile rule), 0 in full batch (only non-finite steps reset)."""
+    return 1.0 - config.reset_quantile if plates else 0.0
 
 
 def describe(config: SMILEConfig, plates: dict, precondition: bool) -> str:
@@ -185,7 +199,7 @@ def make_plan(
     plates = tuple(plates.items()) if isinstance(plates, dict) else tuple(plates)
     if config.desired_energy_var is None:
         config = config.replace(desired_energy_var=default_energy_var)
-    precondition = bool(plates) if config.precondition is None else config.precondition
+    precondition = preconditioned(config, plates)
     mclmc = None
     if not plates and config.adapt and num_warmup > 0:
         start, end = energy_var_schedule(config.desired_energy_var)

@@ -31,6 +31,7 @@ from numpyro_smile.sampler import Target
 
 __all__ = [
     "AUXILIARY_SITE",
+    "DEFAULT_INIT_STRATEGY",
     "ModelProblem",
     "add_auxiliary_site",
     "argument_shapes",
@@ -110,6 +111,11 @@ def potential_target(potential_fn: Callable, plates: dict, unravel: Callable) ->
 
     return Target(logdensity, unravel)
 
+
+#: Where chains start (before pretraining) when no ``init_params`` are given: nearer the
+#: prior's centre than NUTS's radius 2 in unconstrained space, since MCLMC moves one step size
+#: per step. Neural networks are better started from trained points (``init_params``).
+DEFAULT_INIT_STRATEGY = init_to_uniform(radius=0.5)
 
 #: The extra site of a one-dimensional target (see :func:`with_auxiliary_site`).
 AUXILIARY_SITE = "_smile_auxiliary"
@@ -290,7 +296,7 @@ def model_problem(
     model: Callable,
     *model_args: Any,
     rng_key: jax.Array,
-    init_strategy: Callable = init_to_uniform(radius=0.5),
+    init_strategy: Callable = DEFAULT_INIT_STRATEGY,
     **model_kwargs: Any,
 ) -> ModelProblem:
     """Check ``model`` on its data and build what a sampler core needs (see
