@@ -2,20 +2,25 @@
 
 from numpyro_smile._version import __version__ as __version__
 from numpyro_smile.config import SMILEConfig
+from numpyro_smile.convergence import ConvergenceWarning
 from numpyro_smile.diagnostics import ResetWarning, check_resets
 from numpyro_smile.ensemble import SMILEEnsemble
 from numpyro_smile.evaluation import evaluate, predict
 from numpyro_smile.kernel import SMILE, SMILEState
 from numpyro_smile.model_views import FullBatchWarning, ModelError
+from numpyro_smile.targets import NonSmoothWarning, StartWarning
 
 __all__ = [
     "SMILE",
+    "ConvergenceWarning",
     "FullBatchWarning",
     "ModelError",
+    "NonSmoothWarning",
     "ResetWarning",
     "SMILEConfig",
     "SMILEEnsemble",
     "SMILEState",
+    "StartWarning",
     "check_resets",
     "evaluate",
     "predict",

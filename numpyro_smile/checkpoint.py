@@ -44,8 +44,9 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "numpyro_smile.SMILEEnsemble checkpoint"
 #: 2: the sampler settings are stored as ``config`` (a ``SMILEConfig``), no longer as
-#: ``kernel_kwargs``, and the tuner statistics as one ``tuner`` field.
-CHECKPOINT_VERSION = 2
+#: ``kernel_kwargs``, and the tuner statistics as one ``tuner`` field. 3: the state carries
+#: the end-of-warmup convergence monitor (``monitor``).
+CHECKPOINT_VERSION = 3
 _METADATA = "__metadata__"
 _STATE, _PRETRAINED, _PRETRAINING = "state", "pretrained/", "pretraining/"
 

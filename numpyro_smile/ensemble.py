@@ -367,6 +367,7 @@ class SMILEEnsemble:
             attrs = {
                 "sampler": self.plan.variant,
                 "num_members": self.num_members,
+                "chains": CHAINS_NOTE,
                 "num_warmup": num_warmup,
                 "num_samples": self.num_samples,
                 "thinning": self.thinning,
@@ -399,6 +400,15 @@ class SMILEEnsemble:
             params=checkpoint.parameter_structure(shapes),
             config=self.config.to_dict(),
         )
+
+
+#: What a chain of the ensemble's InferenceData is (``posterior.attrs["chains"]``): summaries
+#: print R-hat across chains, which here compares modes, not runs of one sampler.
+CHAINS_NOTE = (
+    "one chain per ensemble member, each started from its own pretrained mode: R-hat across "
+    "chains measures how far the members' modes differ (multimodality), not a failure of "
+    "sampling; judge each member by its own ESS and the ensemble by predictive checks"
+)
 
 
 def _load(resume_from, ensemble: SMILEEnsemble) -> checkpoint.EnsembleCheckpoint:

@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import identity, is_prng_key
 
-from numpyro_smile import batching, diagnostics, model_views, sampler, targets
+from numpyro_smile import batching, convergence, diagnostics, model_views, sampler, targets
 from numpyro_smile.config import SMILEConfig
 from numpyro_smile.runtime import Progress
 from numpyro_smile.sampler import SMILEState
@@ -146,7 +146,8 @@ class SMILE(MCMCKernel):
         first_key = rng_key[0] if self._vectorized else rng_key
         model_kwargs = dict(model_kwargs or {})
         # Pretraining moves chains that start from the init strategy, never user init_params.
-        config = self.config if init_params is None else self.config.replace(pretrain_steps=0)
+        user_start = init_params is not None
+        config = self.config if not user_start else self.config.replace(pretrain_steps=0)
         if self._model is not None:
             init_params = self._init_model(
                 rng_key, first_key, init_params, model_args, model_kwargs
@@ -166,7 +167,9 @@ class SMILE(MCMCKernel):
         Progress(self._verbose).status(
             f"SMILE: {plan.mode}; compiling, initialising {chains}{work}"
         )
-        self._core = core = sampler.build_kernel(plan, num_chains)
+        watched = convergence.monitored_indices(plan.dim)
+        check = sampler.WarmupCheck(site_names=targets.coordinate_names(single, watched))
+        self._core = core = sampler.build_kernel(plan, num_chains, check)
         if self._model is not None:
             potential_gen = self._potential_fn_gen
 
@@ -196,6 +199,21 @@ class SMILE(MCMCKernel):
             key_chains = jax.random.split(key_chains, num_chains)
         # One compiled call (eager vmap would dispatch and compile every primitive separately).
         state = jax.jit(init_chain)(init_params, key_chains)
+        if self._model is not None:
+            targets.check_smooth_likelihood(
+                self._model, self._plates, flat, unravel, model_args, model_kwargs
+            )
+        if user_start:
+            targets.check_start(
+                self._model,
+                self._plates,
+                init_params,
+                state.potential_energy,
+                num_chains,
+                model_args,
+                model_kwargs,
+                key_state,
+            )
         init_shapes = targets.argument_shapes(model_args, model_kwargs)
 
         def sample_fn(state, model_args, model_kwargs):

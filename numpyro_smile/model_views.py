@@ -469,6 +469,20 @@ def log_density_terms(
     return list(log_probs.values())
 
 
+def log_likelihood(model: Callable, model_args: tuple, model_kwargs: dict, params: dict) -> Any:
+    """The log likelihood at unconstrained ``params``: the observed sites' log densities,
+    summed, without the prior and without the transforms' log-Jacobians (NumPyro's
+    ``_<site>_log_det`` factors)."""
+    substituted = handlers.substitute(model, substitute_fn=partial(_unconstrain_reparam, params))
+    log_probs, trace = compute_log_probs(substituted, model_args, model_kwargs, {}, False)
+    observed = [
+        jnp.sum(value)
+        for name, value in log_probs.items()
+        if trace[name]["is_observed"] and not (name.startswith("_") and name.endswith("_log_det"))
+    ]
+    return sum(observed, jnp.zeros(()))
+
+
 class _AllPoints(Messenger):
     """Hands the named plates all their points, ``arange(size)`` with ``size`` as the model
     declares it on this call (the training N, or a test set's): an ordinary full plate."""

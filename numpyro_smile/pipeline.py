@@ -150,7 +150,8 @@ def member_chains(
     flat, unravel = flat_structure(members)
     config = config.replace(pretrain_steps=0)
     plan = sampler.make_plan(config, plates, num_warmup, flat.shape[0], tuning.MILE_ENERGY_VAR)
-    core = sampler.build_kernel(plan, num_members)
+    # Members sit in different modes by design: only the step-size climb is checked.
+    core = sampler.build_kernel(plan, num_members, sampler.WarmupCheck(False, "members"))
 
     def target_fn(args, kwargs):
         return targets.model_target(model, info.potential_fn, plates, unravel, args, kwargs)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from numpyro_smile import adaptation, batching, dynamics, pretrain, tuning
+from numpyro_smile import adaptation, batching, convergence, dynamics, pretrain, tuning
 from numpyro_smile.config import SMILEConfig, energy_var_schedule
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "SMILEKernel",
     "SMILEState",
     "Target",
+    "WarmupCheck",
     "build_kernel",
     "describe",
     "expected_reset_rate",
@@ -83,6 +84,8 @@ class SMILEState(NamedTuple):
         grad_noise: running mean/std of the raw gradient: pSMILE's preconditioner and the
             noise-limited step size (``None`` in full batch without preconditioning).
         batches: ``{plate: EpochBatchState}`` batch schedules (``None`` for full batch).
+        monitor: statistics of the second half of warmup for the end-of-warmup convergence
+            check (:mod:`numpyro_smile.convergence`; ``None`` when the check is off).
         rng_key: a single PRNG key (also in vectorized mode).
     """
 
@@ -100,6 +103,7 @@ class SMILEState(NamedTuple):
     tuner: Any
     grad_noise: tuning.GradientNoiseState | None
     batches: dict | None
+    monitor: convergence.MonitorState | None
     rng_key: jax.Array
 
 
@@ -276,6 +280,23 @@ def _sanitize(grad: jax.Array) -> jax.Array:
     )
 
 
+class WarmupCheck(NamedTuple):
+    """The end-of-warmup convergence check (:mod:`numpyro_smile.convergence`).
+
+    Attributes:
+        chains: also compare chains (R-hat of the potential and watched coordinates) when the
+            state holds several (vectorized); off for ensembles, whose members sit in
+            different modes by design. The step-size climb is always checked.
+        label: what a chain is called in the warning ("chains", "members").
+        site_names: names of the watched flat coordinates
+            (:func:`~numpyro_smile.convergence.monitored_indices`), for the warning's text.
+    """
+
+    chains: bool = True
+    label: str = "chains"
+    site_names: tuple[str, ...] = ()
+
+
 class SMILEKernel(NamedTuple):
     """A built sampler: pure functions, jit- and vmap-friendly.
 
@@ -295,15 +316,22 @@ class SMILEKernel(NamedTuple):
     plan: Plan
 
 
-def build_kernel(plan: Plan, num_chains: int | None = None) -> SMILEKernel:
+def build_kernel(
+    plan: Plan, num_chains: int | None = None, warmup_check: WarmupCheck | None = WarmupCheck()
+) -> SMILEKernel:
     """The ``init``/``step`` pair of the variant ``plan`` describes.
 
     Args:
         plan: from :func:`make_plan`.
         num_chains: ``None``: ``step`` advances one chain; an int: a vectorized state of that
             many chains (every field batched except ``rng_key``), stepped with ``vmap``.
+        warmup_check: the end-of-warmup convergence check (a host callback after the last
+            warmup step that may warn; it changes no draw), or ``None`` for none. Off without
+            at least 8 warmup steps.
     """
     parts = _parts(plan)
+    if plan.num_warmup < 8:
+        warmup_check = None
     config = plan.config
     coefficients = dynamics.INTEGRATORS[config.integrator]
 
@@ -348,6 +376,7 @@ def build_kernel(plan: Plan, num_chains: int | None = None) -> SMILEKernel:
             tuner=tuner_state,
             grad_noise=grad_noise,
             batches=batches,
+            monitor=None if warmup_check is None else convergence.monitor_init(plan.dim, dtype),
             rng_key=rng_key,
         )
 
@@ -405,6 +434,11 @@ def build_kernel(plan: Plan, num_chains: int | None = None) -> SMILEKernel:
             grad_noise = jax.tree.map(lambda a, b: jnp.where(learn, a, b), updated, grad_noise)
         if parts.step_size_rule is not None:
             params = parts.step_size_rule(params, grad_noise, position, state.i)
+        monitor = state.monitor
+        if monitor is not None:
+            monitor = convergence.monitor_update(
+                monitor, state.i, plan.num_warmup, -new.logdensity, new.position, params.step_size
+            )
 
         return SMILEState(
             i=state.i + 1,
@@ -421,6 +455,7 @@ def build_kernel(plan: Plan, num_chains: int | None = None) -> SMILEKernel:
             tuner=tuner_state,
             grad_noise=grad_noise,
             batches=state.batches,
+            monitor=monitor,
             rng_key=state.rng_key,
         )
 
@@ -450,6 +485,8 @@ def build_kernel(plan: Plan, num_chains: int | None = None) -> SMILEKernel:
         )
         if parts.tuner.final is not None:
             new = _finalize(parts.tuner.final, plan.num_warmup, state.i, new, num_chains)
+        if warmup_check is not None:
+            _check_after_warmup(warmup_check, plan.num_warmup, state.i, new)
         # Keep every leaf's dtype (a float64 potential under x64 must not promote a float32 state).
         new = jax.tree.map(lambda a, b: a.astype(b.dtype), new, state)
         return new._replace(rng_key=key)
@@ -492,6 +529,23 @@ def _finalize(final, num_warmup, i, new, num_chains):
         lambda: new.L,
     )
     return new._replace(L=L)
+
+
+def _check_after_warmup(check: WarmupCheck, num_warmup: int, i, new: SMILEState) -> None:
+    """After the last warmup step, hand the monitor to the host check (which may warn)."""
+    report = partial(
+        convergence.warn_after_warmup,
+        check_chains=check.chains,
+        label=check.label,
+        site_names=check.site_names,
+    )
+    jax.lax.cond(
+        i.reshape(-1)[0] == num_warmup - 1,
+        lambda monitor, step_size: jax.debug.callback(report, monitor, step_size),
+        lambda monitor, step_size: None,
+        new.monitor,
+        new.step_size,
+    )
 
 
 def _logdensity_difference(terms_fn: Callable, old: jax.Array, new: jax.Array) -> jax.Array:

@@ -16,14 +16,16 @@ This module is the bridge between them, plus the argument checks both adapters s
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
-from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.initialization import init_to_sample, init_to_uniform
 from numpyro.infer.util import constrain_fn, potential_energy
 
 from numpyro_smile import batching, model_views, replay
@@ -32,11 +34,17 @@ from numpyro_smile.sampler import Target
 __all__ = [
     "AUXILIARY_SITE",
     "DEFAULT_INIT_STRATEGY",
+    "FAR_START",
     "ModelProblem",
+    "NonSmoothWarning",
+    "StartWarning",
     "add_auxiliary_site",
     "argument_shapes",
     "check_init_params",
     "check_same_shapes",
+    "check_smooth_likelihood",
+    "check_start",
+    "coordinate_names",
     "drop_auxiliary_site",
     "model_problem",
     "model_target",
@@ -116,6 +124,184 @@ def potential_target(potential_fn: Callable, plates: dict, unravel: Callable) ->
 #: prior's centre than NUTS's radius 2 in unconstrained space, since MCLMC moves one step size
 #: per step. Neural networks are better started from trained points (``init_params``).
 DEFAULT_INIT_STRATEGY = init_to_uniform(radius=0.5)
+#: Prior draws that define "typical" unconstrained values for :func:`check_start`.
+NUM_PRIOR_DRAWS = 64
+#: A start coordinate this many robust standard deviations (1.4826 x median absolute
+#: deviation of the prior draws, or 1 where that is smaller) from the prior draws' median
+#: is called far. Pretrained network weights sit well within it.
+FAR_START = 10.0
+
+
+class StartWarning(UserWarning):
+    """``init_params`` far outside the prior's typical unconstrained range (often constrained
+    values passed by mistake): the chains would spend warmup walking in from there."""
+
+
+def check_start(
+    model: Callable | None,
+    plates: dict,
+    init_params: dict,
+    potential_energy: Any,
+    num_chains: int | None,
+    model_args: tuple,
+    model_kwargs: dict,
+    rng_key: jax.Array,
+) -> None:
+    """Diagnose a bad start from user ``init_params`` before any step is taken.
+
+    Raises ``ValueError`` when the potential at a start is not finite (an out-of-support
+    value: no step can leave it), and warns (:class:`StartWarning`) when a coordinate lies more
+    than :data:`FAR_START` robust standard deviations from the prior's typical unconstrained
+    values, naming the sites. Both messages say that ``init_params`` are unconstrained values.
+    """
+    unconstrained = (
+        "init_params are unconstrained values (log(sigma) for a positive site, logit for a "
+        "(0, 1) site, ...); convert constrained values with "
+        "numpyro.infer.util.unconstrain_fn(model, model_args, model_kwargs, params)"
+    )
+    if isinstance(potential_energy, jax.core.Tracer):
+        return  # traced: parallel chains initialise under pmap
+    energy = np.atleast_1d(np.asarray(potential_energy))
+    if not np.all(np.isfinite(energy)):
+        chains = np.flatnonzero(~np.isfinite(energy)).tolist()
+        raise ValueError(
+            f"The potential energy at the start of chain(s) {chains} is not finite: init_params "
+            f"put a value outside the model's support (or where its density vanishes). "
+            f"{unconstrained}."
+        )
+    if model is None:
+        return
+    try:
+        prior = model_views.initialize_subsampled_model(
+            jax.random.split(rng_key, NUM_PRIOR_DRAWS),
+            model,
+            plates,
+            init_to_sample,
+            model_args,
+            model_kwargs,
+        ).param_info.z
+    except Exception:  # improper priors have no draws: nothing to compare with
+        return
+    far = []
+    for name, draws in prior.items():
+        draws = np.asarray(draws, np.float64)
+        start = np.asarray(init_params[name], np.float64)
+        if num_chains is None:
+            start = start[None]
+        center = np.median(draws, axis=0)
+        spread = np.maximum(1.4826 * np.median(np.abs(draws - center), axis=0), 1.0)
+        distance = np.abs(start - center) / spread
+        if np.any(distance > FAR_START):
+            worst = np.unravel_index(int(np.argmax(distance)), distance.shape)
+            far.append(
+                f"{name!r} (chain {worst[0]}: {start[worst]:.3g}, {distance[worst]:.0f} robust "
+                f"sd from the prior's median {center[worst[1:]]:.3g})"
+            )
+    if far:
+        warnings.warn(
+            f"init_params far from the prior's typical unconstrained values at {', '.join(far)}. "
+            f"If these are constrained values: {unconstrained}. A far start costs warmup "
+            "(and in mini-batch mode can freeze chains in resets).",
+            StartWarning,
+            stacklevel=3,
+        )
+
+
+#: Offsets (unconstrained units) at which :func:`check_smooth_likelihood` probes a coordinate.
+STEP_PROBES = (-1.0, -0.3, -0.1, -0.03, 0.03, 0.1, 0.3, 1.0)
+#: Models up to this many flat coordinates are probed (neural networks are not).
+MAX_PROBED_DIM = 1000
+
+
+class NonSmoothWarning(UserWarning):
+    """The likelihood depends on a latent site only through steps (``jnp.where``,
+    comparisons, rounding): its gradient there is zero, so the sampler feels no data."""
+
+
+def check_smooth_likelihood(
+    model: Callable,
+    plates: dict,
+    position: jax.Array,
+    unravel: Callable,
+    model_args: tuple,
+    model_kwargs: dict,
+) -> None:
+    """Warn (:class:`NonSmoothWarning`) about coordinates the likelihood moves only by steps.
+
+    MCLMC and SMILE follow the gradient and have no accept/reject step. A site that enters
+    the likelihood only through a step, such as the switch time of a change-point model
+    (``jnp.where(t < switch, early, late)``), has a likelihood gradient of exactly zero, so
+    the data exert no force on it: it drifts as under its prior while the other sites adapt
+    to wherever it is, and the chain settles in a mode NUTS (whose Metropolis step sees the
+    jumps) does not choose. Detected at the start: a coordinate whose likelihood gradient is
+    zero at the start and at every probe in :data:`STEP_PROBES`, while the likelihood's value
+    changes between them. Models with more than :data:`MAX_PROBED_DIM` coordinates are
+    skipped.
+
+    Args:
+        model: the user's model.
+        plates: its subsample plates (the likelihood is evaluated on their first batch).
+        position: ``(d,)`` start of one chain (flat, unconstrained).
+        unravel: flat ``(d,)`` vector -> dict of unconstrained latent values.
+        model_args, model_kwargs: the model's arguments.
+    """
+    if position.shape[0] > MAX_PROBED_DIM or isinstance(position, jax.core.Tracer):
+        return  # too large to probe, or traced (parallel chains initialise under pmap)
+    batch = {name: jnp.arange(plate.subsample_size) for name, plate in plates.items()}
+    kwargs = with_indices(model_kwargs, batch)
+    subsampled = partial(model_views.subsample_model, model)
+
+    def loglik(x):
+        return model_views.log_likelihood(subsampled, model_args, kwargs, unravel(x))
+
+    value_and_grad = jax.value_and_grad(loglik)
+    value, grad = jax.jit(value_and_grad)(position)
+    candidates = np.flatnonzero(np.asarray(grad) == 0)[:16]
+    if candidates.size == 0 or not np.isfinite(value):
+        return
+    deltas = jnp.asarray(STEP_PROBES, position.dtype)
+
+    def probe(j):
+        points = position + deltas[:, None] * jax.nn.one_hot(
+            j, position.shape[0], dtype=deltas.dtype
+        )
+        values, grads = jax.vmap(value_and_grad)(points)
+        return values, grads[:, j]
+
+    values, grads = (np.asarray(a) for a in jax.jit(jax.vmap(probe))(jnp.asarray(candidates)))
+    changes = np.abs(values - float(value)) > 1e-5 * (1.0 + abs(float(value)))
+    flat = np.all(grads == 0, axis=1) & np.any(changes, axis=1) & np.all(np.isfinite(values), 1)
+    if np.any(flat):
+        coordinates = coordinate_names(unravel(position), candidates[flat])
+        sites = ", ".join(repr(name) for name in coordinates)
+        warnings.warn(
+            f"The likelihood depends on {sites} only through steps (jnp.where, a comparison, "
+            "rounding): its gradient there is exactly zero at the start and nearby, while its "
+            "value jumps. SMILE, like every sampler without an accept/reject step, then feels "
+            "no pull from the data on these coordinates: they drift as under the prior and "
+            "the chains can settle in a different mode than NUTS. Marginalise the discrete "
+            "choice (sum over the switch positions with logsumexp), make the switch smooth "
+            "(e.g. jax.nn.sigmoid((t - switch) / width)), or sample this model with NUTS.",
+            NonSmoothWarning,
+            stacklevel=3,
+        )
+
+
+def coordinate_names(z: Any, indices: Any) -> tuple[str, ...]:
+    """Names of flat coordinates of ``z`` (one chain's pytree, in ``ravel_pytree`` order):
+    ``"tau"`` for a scalar site, ``"w[3]"`` or ``"w[1,2]"`` for an element of an array site."""
+    names: list[str] = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(z)[0]:
+        site = ".".join(
+            str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))) for key in path
+        )
+        shape = np.shape(leaf)
+        if not shape:
+            names.append(site)
+            continue
+        names.extend(f"{site}[{','.join(map(str, index))}]" for index in np.ndindex(*shape))
+    return tuple(names[int(i)] for i in indices)
+
 
 #: The extra site of a one-dimensional target (see :func:`with_auxiliary_site`).
 AUXILIARY_SITE = "_smile_auxiliary"

@@ -26,6 +26,7 @@ LAYERS = {
         "runtime",
         "memory",
         "diagnostics",
+        "convergence",
     },
     1: {"config", "adaptation", "pretrain"},
     2: {"sampler", "loops"},
