@@ -7,16 +7,28 @@ from numpyro_smile.ensemble import SMILEEnsemble
 from numpyro_smile.evaluation import evaluate, predict
 from numpyro_smile.kernel import SMILE, SMILEState
 from numpyro_smile.model_views import FullBatchWarning, ModelError
+from numpyro_smile.schedules import ConstantSchedule, CyclicalSchedule, PolynomialDecay, cyclical
+from numpyro_smile.sg_kernels import SGHMC, SGLD, AdaSGHMC, SGState
+from numpyro_smile.step_size_selection import select_step_size
 
 __all__ = [
+    "SGHMC",
+    "SGLD",
     "SMILE",
+    "AdaSGHMC",
+    "ConstantSchedule",
+    "CyclicalSchedule",
     "FullBatchWarning",
     "ModelError",
+    "PolynomialDecay",
     "ResetWarning",
+    "SGState",
     "SMILEConfig",
     "SMILEEnsemble",
     "SMILEState",
     "check_resets",
+    "cyclical",
     "evaluate",
     "predict",
+    "select_step_size",
 ]
