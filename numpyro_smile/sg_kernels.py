@@ -117,7 +117,8 @@ class SGLD(StochasticGradientKernel):
         batch_schedule: ``"epoch"`` (a permutation per epoch) or ``"with_replacement"``.
         init_strategy: NumPyro init strategy when ``init_params`` is not given.
         verbose: a status line at ``init`` (``None``: on a terminal only).
-        data_size, subsample_size: with ``potential_fn`` only: N and B.
+        data_size: with ``potential_fn`` only: N, the number of data points.
+        subsample_size: with ``potential_fn`` only: B, the mini-batch size.
 
     Sample statistics: ``step_size``, ``diverging`` (a non-finite step, rejected: the chain
     stays put), ``potential_energy`` (mini-batch estimate), and with a cyclical schedule
@@ -194,6 +195,11 @@ class SGHMC(StochasticGradientKernel):
         default = step_size is None and self._method == "AdaSGHMC"  # 0.01 / sqrt(N), at init
         schedule = None if default else as_schedule(step_size, self.name)
         _check_sghmc(self.name, momentum_decay, noise_estimate, num_integration_steps)
+        if self._method == "AdaSGHMC" and noise_estimate:
+            raise ValueError(
+                "AdaSGHMC's noise estimate is its adapted gradient moment; noise_estimate is "
+                "SGHMC's (leave it at 0)."
+            )
         if not isinstance(refresh_momentum, (bool, np.bool_)):
             raise TypeError(f"refresh_momentum must be True or False, got {refresh_momentum!r}.")
         config = SGConfig(
@@ -221,36 +227,14 @@ class AdaSGHMC(SGHMC):
         step_size: epsilon; ``None``: 0.01 / sqrt(N) (Springenberg et al.'s learning rate
             1e-2, N the data size of the subsample plate). A float or a schedule.
         momentum_decay: alpha, the share of momentum lost per step (default 0.05).
-        num_integration_steps, refresh_momentum: as :class:`SGHMC`'s.
 
-    The noise estimate is the adapted V itself (the paper's choice), so ``noise_estimate`` is
-    not an argument. Warmup must be long enough for V to settle (a few hundred steps).
+    The noise estimate is the adapted V itself (the paper's choice): ``noise_estimate`` must
+    stay 0. The other arguments are :class:`SGHMC`'s. Warmup must be long enough for V to
+    settle (a few hundred steps).
     """
 
     name = "AdaSGHMC"
     _method = "AdaSGHMC"
-
-    def __init__(
-        self,
-        model: Callable | None = None,
-        potential_fn: Callable | None = None,
-        *,
-        step_size: Any = None,
-        momentum_decay: float = 0.05,
-        num_integration_steps: int = 1,
-        refresh_momentum: bool = False,
-        batch_schedule: str = "epoch",
-        init_strategy: Callable = DEFAULT_INIT_STRATEGY,
-        verbose: bool | None = None,
-        data_size: int | None = None,
-        subsample_size: int | None = None,
-    ) -> None:
-        super().__init__(
-            model, potential_fn, step_size=step_size, momentum_decay=momentum_decay,
-            num_integration_steps=num_integration_steps, refresh_momentum=refresh_momentum,
-            batch_schedule=batch_schedule, init_strategy=init_strategy, verbose=verbose,
-            data_size=data_size, subsample_size=subsample_size,
-        )  # fmt: skip
 
 
 def _check_sghmc(owner: str, momentum_decay: Any, noise_estimate: Any, steps: Any) -> None:
