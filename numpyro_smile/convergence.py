@@ -59,13 +59,13 @@ class MonitorState(NamedTuple):
     """Statistics of one chain over the second half of warmup.
 
     Attributes:
-        count: steps accumulated (float scalar).
+        steps: steps accumulated (float scalar).
         mean: ``(K,)`` running means of the watched scalars (potential first).
         m2: ``(K,)`` running sums of squared deviations (Welford).
         step_size_mark: the step size when three quarters of warmup had run (NaN before).
     """
 
-    count: jax.Array
+    steps: jax.Array
     mean: jax.Array
     m2: jax.Array
     step_size_mark: jax.Array
@@ -98,13 +98,13 @@ def monitor_update(
         [potential[None], position[monitored_indices(position.shape[0])]]
     ).astype(state.mean.dtype)
     inside = (i >= num_warmup // 2) & (i < num_warmup) & jnp.all(jnp.isfinite(values))
-    count = state.count + 1
+    count = state.steps + 1
     delta = values - state.mean
     mean = state.mean + delta / count
     m2 = state.m2 + delta * (values - mean)
     mark = jnp.where(i == (3 * num_warmup) // 4, step_size, state.step_size_mark)
     return MonitorState(
-        jnp.where(inside, count, state.count),
+        jnp.where(inside, count, state.steps),
         jnp.where(inside, mean, state.mean),
         jnp.where(inside, m2, state.m2),
         mark.astype(state.step_size_mark.dtype),

@@ -45,7 +45,7 @@ from numpyro_smile import (
 )
 from numpyro_smile.batching import PlateInfo
 from numpyro_smile.config import SMILEConfig
-from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY
+from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY, SMILE, KernelAdapter
 from numpyro_smile.runtime import Progress, Timings
 from numpyro_smile.sampler import SMILEState
 
@@ -61,7 +61,8 @@ def default_pretrain_optimizer() -> optax.GradientTransformation:
 
 
 class SMILEEnsemble:
-    """Pretrain ``num_members`` members, run one SMILE chain from each, return InferenceData.
+    """Pretrain ``num_members`` members, run one chain from each (SMILE's by default, or any
+    kernel of the package's), return InferenceData.
 
     Args:
         model: a NumPyro model. Its likelihood plate's ``subsample_size`` sets the sampling
@@ -75,6 +76,11 @@ class SMILEEnsemble:
         config: the sampler's :class:`~numpyro_smile.SMILEConfig` (e.g. ``step_size``,
             ``precondition=False``, ``adapt=False`` for the naive variant). Its
             ``desired_energy_var=None`` means MILE's ``(0.5, 0.1)`` here (the papers' recipe).
+        kernel: the kernel whose chains the members run, with its settings: ``SMILE(...)``
+            (the default; its ``config`` is used), or a stochastic-gradient baseline such as
+            ``SGHMC(model, step_size=1e-3)``. Only its settings are read: the ensemble samples
+            its own ``model``. The InferenceData has the same groups whatever the kernel; a cyclical
+            schedule's exploring draws are dropped.
         pretrain_optimizer: optax optimizer (default :func:`default_pretrain_optimizer`).
         pretrain_epochs: maximum pretraining epochs (an epoch is N // batch steps; for a model
             without a subsample plate one full-data step). 0 skips pretraining.
@@ -115,6 +121,7 @@ class SMILEEnsemble:
         thinning: int = 10,
         full_batch: bool = False,
         config: SMILEConfig | None = None,
+        kernel: KernelAdapter | None = None,
         pretrain_optimizer: optax.GradientTransformation | None = None,
         pretrain_epochs: int = 200,
         pretrain_steps: int | None = None,
@@ -151,6 +158,23 @@ class SMILEEnsemble:
         if not isinstance(log_likelihood, bool):
             _check_int("log_likelihood (a subset size)", log_likelihood, 1)
         memory.check_budget(memory_budget)
+        if kernel is not None and not isinstance(kernel, KernelAdapter):
+            raise TypeError(
+                "kernel must be a kernel of numpyro_smile (SMILE, SGLD, SGHMC, AdaSGHMC), got "
+                f"{type(kernel).__name__}."
+            )
+        if kernel is not None and kernel._model is None:
+            raise ValueError(
+                f"kernel={kernel.name}(potential_fn=...): the ensemble samples a model; pass "
+                f"{kernel.name}(model, ...)."
+            )
+        if isinstance(kernel, SMILE):
+            if config is not None:
+                raise ValueError("Give the settings in kernel=SMILE(...) or in config=, not both.")
+            config, kernel = kernel.config, None
+        elif kernel is not None and config is not None:
+            raise ValueError(f"config= is SMILE's; {kernel.name}'s settings are its own.")
+        self.kernel = kernel
         self._model = model
         self.num_members, self.num_warmup = num_members, num_warmup
         self.num_samples, self.thinning, self.full_batch = num_samples, thinning, full_batch
@@ -260,7 +284,7 @@ class SMILEEnsemble:
             num_warmup=self.num_warmup if self.plan is None else self.plan.num_warmup,
             mode=self._mode(),
             plates=self._plates,
-            config=self.config.to_dict(),
+            config=self._settings(),
             pretrained_params=self.pretrained_params,
             pretraining=self._pretraining,
         )
@@ -335,6 +359,7 @@ class SMILEEnsemble:
                     self._model, self._plates, members, model_args, model_kwargs, bind,
                     key_chains, config=self.config, full_batch=self.full_batch,
                     num_warmup=num_warmup, init_strategy=self.init_strategy,
+                    build_core=None if self.kernel is None else self.kernel.build_core,
                 )  # fmt: skip
                 self.plan = chains.plan
                 if saved is None:
@@ -398,8 +423,14 @@ class SMILEEnsemble:
             mode=self._mode(),
             plates=self._plates,
             params=checkpoint.parameter_structure(shapes),
-            config=self.config.to_dict(),
+            config=self._settings(),
         )
+
+    def _settings(self) -> dict[str, Any]:
+        """The sampler's settings as plain values (a checkpoint records and compares them)."""
+        if self.kernel is None:
+            return self.config.to_dict()
+        return {"kernel": self.kernel.name, **self.kernel.settings()}
 
 
 #: What a chain of the ensemble's InferenceData is (``posterior.attrs["chains"]``): summaries

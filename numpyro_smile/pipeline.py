@@ -34,6 +34,7 @@ from numpyro_smile.runtime import Progress, Timings
 
 __all__ = [
     "MemberChains",
+    "drop_exploring",
     "flat_structure",
     "member_chains",
     "members_inference_data",
@@ -113,15 +114,18 @@ class MemberChains(NamedTuple):
     """One chain per member, built for the data.
 
     Attributes:
-        plan: the core's :class:`~numpyro_smile.sampler.Plan`.
-        init: ``init_params -> SMILEState`` of all members (jitted; as ``SMILE.init`` with one
-            key per member).
+        plan: the core's plan (:class:`~numpyro_smile.sampler.Plan`, or
+            :class:`~numpyro_smile.sgmcmc.SGPlan` for a stochastic-gradient kernel).
+        init: ``init_params -> state`` of all members (jitted; as the kernel's ``init`` with
+            one key per member).
         step: ``(state, arrays) -> state``: one step of all members on the data ``arrays``.
+        record: ``(state, resets) -> {"z", "stats"}``: what a draw keeps.
     """
 
-    plan: sampler.Plan
+    plan: Any
     init: Callable
     step: Callable
+    record: Callable
 
 
 def member_chains(
@@ -137,9 +141,12 @@ def member_chains(
     full_batch: bool,
     num_warmup: int,
     init_strategy: Callable,
+    build_core: Callable | None = None,
 ) -> MemberChains:
     """The sampler core for the members (the full-data view of the model when
-    ``full_batch``), with MILE's energy-variance schedule unless ``config`` sets one."""
+    ``full_batch``): SMILE's with MILE's energy-variance schedule unless ``config`` sets one,
+    or ``build_core(plates, num_warmup, dim, num_chains, fixed_start)``'s (a kernel's
+    :meth:`~numpyro_smile.kernel.KernelAdapter.build_core`)."""
     num_members = jax.tree.leaves(members)[0].shape[0]
     if full_batch and plates:
         model, plates = model_views.full_data_model(model, plates), {}
@@ -148,10 +155,15 @@ def member_chains(
         first_key, model, plates, init_strategy, model_args, model_kwargs, shapes_only=True
     )
     flat, unravel = flat_structure(members)
-    config = config.replace(pretrain_steps=0)
-    plan = sampler.make_plan(config, plates, num_warmup, flat.shape[0], tuning.MILE_ENERGY_VAR)
-    # Members sit in different modes by design: only the step-size climb is checked.
-    core = sampler.build_kernel(plan, num_members, sampler.WarmupCheck(False, "members"))
+    if build_core is None:
+        config = config.replace(pretrain_steps=0)
+        plan = sampler.make_plan(config, plates, num_warmup, flat.shape[0], tuning.MILE_ENERGY_VAR)
+        # Members sit in different modes by design: only the step-size climb is checked.
+        core = sampler.build_kernel(plan, num_members, sampler.WarmupCheck(False, "members"))
+        record = loops.record_fn(full_batch=not plates)
+    else:
+        core = build_core(plates, num_warmup, flat.shape[0], num_members, True)
+        record = core.record
 
     def target_fn(args, kwargs):
         return targets.model_target(model, info.potential_fn, plates, unravel, args, kwargs)
@@ -168,7 +180,7 @@ def member_chains(
         args, kwargs = bind(arrays)
         return core.step(state, target_fn(args, kwargs))
 
-    return MemberChains(plan, jax.jit(init), step)
+    return MemberChains(core.plan, jax.jit(init), step, record)
 
 
 def reporter(plan: sampler.Plan, progress: Progress, phase: str, unit: int = 1) -> Callable:
@@ -194,8 +206,9 @@ def sample_members(
     timings: Timings,
     progress: Progress,
 ) -> tuple[dict, Any]:
-    """``num_samples`` steps of every member, every ``thinning``-th kept; returns
-    ``({"z": draws, "stats": sample stats} on host, leaves (K, draws, ...), state)``.
+    """``num_samples`` steps of every member, every ``thinning``-th kept (a cyclical schedule's
+    exploring draws dropped); returns ``({"z": draws, "stats": sample stats} on host, leaves
+    (K, draws, ...), state)``.
     ``advance()`` gives the compiled warmup loop, reused for the steps past the last draw."""
     num_members = jax.tree.leaves(state.z)[0].shape[0]
     num_draws = num_samples // thinning
@@ -203,8 +216,7 @@ def sample_members(
     chunk = loops.draws_per_chunk(
         num_draws, num_members, dim, replay.CHUNK_ELEMENTS, draws_per_chunk
     )
-    record = loops.record_fn(full_batch=not chains.plan.plates)
-    sample_chunk = loops.sample_chunk_fn(chains.step, record, thinning, chunk)
+    sample_chunk = loops.sample_chunk_fn(chains.step, chains.record, thinning, chunk)
     compiled = timings.compile(sample_chunk, state, 1, arrays, what="the sampling loop")
     with timings.phase("sampling"):
         progress.start("sampling", num_samples)
@@ -214,7 +226,23 @@ def sample_members(
         if leftover:  # steps past the last kept draw, so the chain ran num_samples steps
             state = advance()(state, leftover, arrays)
             progress.update(leftover, "sampling")
-    return draws, state
+    return drop_exploring(draws), state
+
+
+def drop_exploring(draws: dict) -> dict:
+    """Draws of a cyclical schedule without those of exploring steps (the same steps for every
+    member; ``stats["exploring"]`` is then dropped); other draws unchanged."""
+    stats = draws["stats"]
+    if "exploring" not in stats:
+        return draws
+    keep = ~np.asarray(stats["exploring"][0], bool)
+    if not keep.any():
+        raise ValueError(
+            "Every kept draw fell on an exploring step of the cyclical schedule: sample for "
+            "longer, or lower its exploration share."
+        )
+    stats = {name: value for name, value in stats.items() if name != "exploring"}
+    return jax.tree.map(lambda a: a[:, keep], {"z": draws["z"], "stats": stats})
 
 
 def members_inference_data(

@@ -27,13 +27,14 @@ LAYERS = {
         "memory",
         "diagnostics",
         "convergence",
+        "schedules",
     },
     1: {"config", "adaptation", "pretrain"},
-    2: {"sampler", "loops"},
+    2: {"sampler", "loops", "sgmcmc"},
     3: {"model_views", "replay", "targets", "models", "datasets"},
-    4: {"kernel"},
+    4: {"kernel", "sg_kernels"},
     5: {"inference_data", "evaluation", "checkpoint"},
-    6: {"pipeline", "ensemble", "demo"},
+    6: {"pipeline", "ensemble", "demo", "step_size_selection"},
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
 

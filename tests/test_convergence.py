@@ -39,7 +39,7 @@ def test_rhat_from_welford_sums_matches_the_formula(shift):
     rng = np.random.default_rng(0)
     chains = rng.normal(size=(4, 500)) + shift * np.arange(4)[:, None]
     monitor = welford(chains)
-    value = convergence.rhat(monitor.count, monitor.mean, monitor.m2)[0]
+    value = convergence.rhat(monitor.steps, monitor.mean, monitor.m2)[0]
     assert value == pytest.approx(rhat_reference(chains), rel=1e-10)
     assert (value > convergence.RHAT_THRESHOLD) == (shift > 0)
 
@@ -58,7 +58,7 @@ def test_monitor_update_matches_numpy_over_the_second_half_of_warmup():
     values = np.c_[potentials[inside], positions[inside]]
     np.testing.assert_allclose(state.mean, values.mean(axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(state.m2, ((values - values.mean(0)) ** 2).sum(0), rtol=1e-4)
-    assert float(state.count) == num_warmup // 2
+    assert float(state.steps) == num_warmup // 2
     assert float(state.step_size_mark) == 3 * num_warmup // 4
 
 
