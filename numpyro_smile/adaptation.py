@@ -128,7 +128,12 @@ def energy_error_tuner(
     """
 
     def init(rng_key, dim, dtype, limit):
-        initial = step_size or jnp.minimum(limit, STEP_SIZE_MINIBATCH_MAX)
+        if step_size is None:
+            initial = jnp.minimum(limit, STEP_SIZE_MINIBATCH_MAX)
+        elif adapt:  # while adapting the step never exceeds the noise limit, the first included
+            initial = jnp.minimum(step_size, limit)
+        else:
+            initial = step_size
         factor = jnp.minimum(initial / limit, 1.0)
         return tuning.energy_tuner_init(dtype), _params(initial, factor, L or math.inf, dtype)
 

@@ -243,7 +243,8 @@ def check_smooth_likelihood(
         plates: its subsample plates (the likelihood is evaluated on their first batch).
         position: ``(d,)`` start of one chain (flat, unconstrained).
         unravel: flat ``(d,)`` vector -> dict of unconstrained latent values.
-        model_args, model_kwargs: the model's arguments.
+        model_args: the model's positional arguments.
+        model_kwargs: its keyword arguments.
     """
     if position.shape[0] > MAX_PROBED_DIM or isinstance(position, jax.core.Tracer):
         return  # too large to probe, or traced (parallel chains initialise under pmap)

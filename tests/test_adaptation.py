@@ -90,7 +90,7 @@ def test_init_gives_scalar_params_of_the_requested_dtype(name, dtype):
         (0.5, None, 1e-3, 1e-3 / 0.5),  # the limit is above the cap: start at 1e-3
         (2e-4, None, 2e-4, 1.0),  # below the cap: start at the limit, f = 1
         (0.5, 0.01, 0.01, 0.01 / 0.5),  # an explicit step size, f = step / limit
-        (1e-3, 0.01, 0.01, 1.0),  # f never exceeds 1
+        (1e-3, 0.01, 1e-3, 1.0),  # capped at the limit, f = 1 (step_size=1.0: start there)
     ],
 )
 def test_energy_tuner_starts_at_the_capped_noise_limit(
@@ -101,6 +101,14 @@ def test_energy_tuner_starts_at_the_capped_noise_limit(
     np.testing.assert_allclose(params.step_size_factor, expected_factor, rtol=1e-6)
     assert float(params.L) == math.inf  # no partial refresh without an L
     assert int(state.count) == 1
+
+
+def test_energy_tuner_without_adaptation_keeps_a_given_step_above_the_limit():
+    tuner = adaptation.energy_error_tuner(
+        tuning.EnergyTunerConfig(), adapt=False, adapt_during_sampling=False, step_size=0.01, L=None
+    )
+    _, params = tuner.init(KEY, DIM, jnp.float32, 1e-3)
+    np.testing.assert_allclose(params.step_size, 0.01, rtol=1e-6)
 
 
 def test_energy_tuner_keeps_a_given_L():
