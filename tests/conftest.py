@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import numpyro.distributions as dist
 import pytest
 
 from numpyro_smile import models
@@ -77,6 +78,22 @@ class LinearRegressionProblem:
         rng = np.random.default_rng(seed)
         draws = rng.multivariate_normal(self.mean, self.cov, size=num_chains)
         return {"beta": jnp.asarray(draws, dtype=jnp.float32)}
+
+
+def local_latent_model(y):
+    """A per-datum latent inside a subsampled plate: every kernel must refuse it."""
+    mu = numpyro.sample("mu", dist.Normal().expand([2]).to_event(1))
+    with numpyro.plate("N", y.shape[0], subsample_size=10):
+        z = numpyro.sample("z", dist.Normal(mu[0], 1))
+        numpyro.sample("obs", dist.Normal(z, 1), obs=numpyro.subsample(y, event_dim=0))
+
+
+def discrete_latent_model(y):
+    """A discrete latent site: every kernel must refuse it."""
+    numpyro.sample("mu", dist.Normal().expand([2]).to_event(1))
+    k = numpyro.sample("k", dist.Poisson(3.0))
+    with numpyro.plate("N", y.shape[0], subsample_size=10):
+        numpyro.sample("obs", dist.Normal(k, 1), obs=numpyro.subsample(y, event_dim=0))
 
 
 @pytest.fixture(scope="session")

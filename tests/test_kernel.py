@@ -22,7 +22,7 @@ from numpyro.infer import MCMC
 
 from numpyro_smile import SMILE, ModelError, sampler
 
-from .conftest import BLR_N, linear_regression
+from .conftest import BLR_N, discrete_latent_model, linear_regression, local_latent_model
 
 BATCH = 256
 NUM_CHAINS = 4
@@ -543,19 +543,10 @@ def test_two_subsample_plates_side_by_side():
 
 
 def test_model_errors_surface_through_mcmc_run():
-    def local_latent(y):
-        mu = numpyro.sample("mu", dist.Normal().expand([2]).to_event(1))
-        with numpyro.plate("N", y.shape[0], subsample_size=10):
-            z = numpyro.sample("z", dist.Normal(mu[0], 1))
-            numpyro.sample("obs", dist.Normal(z, 1), obs=numpyro.subsample(y, event_dim=0))
-
-    def discrete(y):
-        numpyro.sample("mu", dist.Normal().expand([2]).to_event(1))
-        k = numpyro.sample("k", dist.Poisson(3.0))
-        with numpyro.plate("N", y.shape[0], subsample_size=10):
-            numpyro.sample("obs", dist.Normal(k, 1), obs=numpyro.subsample(y, event_dim=0))
-
-    for model, message in [(local_latent, "inside the subsampled plate"), (discrete, "discrete")]:
+    for model, message in [
+        (local_latent_model, "inside the subsampled plate"),
+        (discrete_latent_model, "discrete"),
+    ]:
         mcmc = MCMC(SMILE(model), num_warmup=5, num_samples=5, progress_bar=False)
         with pytest.raises(ModelError, match=message):
             mcmc.run(jax.random.key(0), jnp.zeros(100))

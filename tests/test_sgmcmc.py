@@ -10,8 +10,6 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pytest
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC
@@ -31,7 +29,7 @@ from numpyro_smile import (
 from numpyro_smile.sampler import Target
 from numpyro_smile.schedules import ConstantSchedule, CyclicalSchedule
 
-from .conftest import BLR_N, linear_regression
+from .conftest import BLR_N, discrete_latent_model, linear_regression, local_latent_model
 
 BATCH = 256
 KERNELS = {"SGLD": SGLD, "SGHMC": SGHMC, "AdaSGHMC": AdaSGHMC}
@@ -294,20 +292,6 @@ def test_bad_settings_name_the_fix(make, message):
         make()
 
 
-def local_latent(y):
-    mu = numpyro.sample("mu", dist.Normal().expand([2]).to_event(1))
-    with numpyro.plate("N", y.shape[0], subsample_size=10):
-        z = numpyro.sample("z", dist.Normal(mu[0], 1))
-        numpyro.sample("obs", dist.Normal(z, 1), obs=numpyro.subsample(y, event_dim=0))
-
-
-def discrete(y):
-    numpyro.sample("mu", dist.Normal().expand([2]).to_event(1))
-    k = numpyro.sample("k", dist.Poisson(3.0))
-    with numpyro.plate("N", y.shape[0], subsample_size=10):
-        numpyro.sample("obs", dist.Normal(k, 1), obs=numpyro.subsample(y, event_dim=0))
-
-
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_model_errors_are_smiles(blr, name):
     """The same catalogue as SMILE's, raised before anything compiles."""
@@ -316,7 +300,10 @@ def test_model_errors_are_smiles(blr, name):
         kernel = KERNELS[name](model, step_size=1e-6)
         return MCMC(kernel, num_warmup=5, num_samples=5, progress_bar=False)
 
-    for model, message in [(local_latent, "inside the subsampled plate"), (discrete, "discrete")]:
+    for model, message in [
+        (local_latent_model, "inside the subsampled plate"),
+        (discrete_latent_model, "discrete"),
+    ]:
         with pytest.raises(ModelError, match=message):
             mcmc(model).run(jax.random.key(0), jnp.zeros(100))
     with pytest.raises(ModelError, match=r"larger than the data"):
