@@ -67,6 +67,8 @@ def test_groups_and_dims(regression_run):
     assert dict(post.sizes)["chain"] == K and dict(post.sizes)["draw"] == draws
     assert post["w0"].dims == ("chain", "draw", "w0_dim_0", "w0_dim_1")
     assert post["w0"].shape == (K, draws, P, 8) and post["log_sigma"].shape == (K, draws)
+    # A summary's R-hat across chains compares members' modes; the output says so.
+    assert "multimodality" in post.attrs["chains"]
     # per-datum groups cover the FULL data, not one mini-batch
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "data")
     assert idata.log_likelihood["y"].shape == (K, draws, N)
