@@ -1,4 +1,4 @@
-"""UCI benchmark suite: SMILE vs MILE, NUTS, SGLD, SGHMC and deep ensembles, side by side.
+"""UCI benchmark suite: SMILE vs MILE, NUTS, the SG-MCMC family and deep ensembles, side by side.
 
 Protocol of the MILE and SMILE papers' UCI experiments: standardise, shuffle with the seed,
 split 70/10/20; an MLP (``--hidden``, default 16-16) with N(0, 1) priors; regression (Gaussian
@@ -11,10 +11,14 @@ pretraining, AdamW with early stopping) is trained and **every sampler starts fr
   and without any tuning (fixed step size 1e-3, the papers' initial value);
 * ``mile``: our kernel with full-data gradients (MILE's tuning);
 * ``nuts``: NumPyro NUTS chains (full data), vectorized;
-* ``sgld``, ``sghmc``: BlackJAX's SGLD and SGHMC (10 leapfrog steps per mini-batch) with the
-  same number of mini-batch gradients as ``psmile`` and the same epoch batch schedule; the
-  step size is chosen on validation LPPD from a grid (``GRID_SCALE``; ``grid_wall_s`` and
-  ``grid_grad_evals`` report what the grid cost, beyond the chosen run).
+* ``sgld``, ``sghmc``, ``adasghmc``, ``csgld``: our stochastic-gradient kernels
+  (``SMILEEnsemble(model, kernel=...)`` from the same members): SGLD; SGHMC with BlackJAX's
+  protocol (10 steps per mini-batch from a fresh momentum, friction 0.01); scale-adapted SGHMC;
+  cyclical SGLD (4 cosine cycles over the sampling steps, draws from each cycle's sampling
+  half only). Each takes the same number of mini-batch gradients as ``psmile`` with the same
+  epoch batch schedule; the step size (cSGLD: the cycles' peak) is chosen on validation LPPD
+  from a grid by ``select_step_size`` (``GRID_SCALE``; ``grid_wall_s`` and
+  ``grid_grad_evals`` report what the grid cost beyond the chosen run, compilation included).
 
 Each record of ``DIR/results.json`` holds the test metrics (``test_lppd``, ``test_rmse`` or
 ``test_accuracy``, calibration), timings (``wall_s`` for the method's own run including
@@ -45,30 +49,32 @@ from pathlib import Path
 
 import arviz as az
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from numpyro.infer import MCMC, NUTS
 
 from numpyro_smile import (
+    SGHMC,
+    SGLD,
+    AdaSGHMC,
     SMILEConfig,
     SMILEEnsemble,
-    batching,
+    cyclical,
     evaluate,
     memory,
-    model_views,
-    replay,
+    select_step_size,
 )
 from numpyro_smile.datasets import load_table, split_standardize
-from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY
+from numpyro_smile.kernel import KernelAdapter
 from numpyro_smile.models import mlp_classification, mlp_regression
 
-METHODS = ("de", "psmile", "smile", "smile-naive", "mile", "nuts", "sgld", "sghmc")
+#: The stochastic-gradient baselines (our kernels, step size chosen on a validation grid).
+SG_METHODS = ("sgld", "sghmc", "adasghmc", "csgld")
+METHODS = ("de", "psmile", "smile", "smile-naive", "mile", "nuts", *SG_METHODS)
 
 BUDGETS = {
     "tiny": dict(
         members=2, warmup=40, samples=40, thinning=4, pretrain_epochs=5,
-        nuts_warmup=10, nuts_samples=10, grid=(0.1, 1.0),
+        nuts_warmup=10, nuts_samples=10, grid=(0.1,),
     ),
     "small": dict(
         members=4, warmup=5000, samples=10000, thinning=10, pretrain_epochs=200,
@@ -79,12 +85,27 @@ BUDGETS = {
         nuts_warmup=100, nuts_samples=1000, grid=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
     ),
 }  # fmt: skip
-#: Step sizes of the SGLD/SGHMC grids, c in ``grid`` times a scale set by N_train: SGLD's
+# (tiny: one grid point; every point of a grid compiles its own loop, and select_step_size's
+# choice among several is tested in tests/test_sgmcmc.py)
+#: Step sizes of the baselines' grids, c in ``grid`` times a scale set by N_train: SGLD's
 #: step is a variance (stable below ~1 / (largest curvature) ~ 1 / N), SGHMC's a time step
 #: (stable below ~1 / sqrt(N)); c = 1 is near the stability limit of a unit-curvature datum.
-GRID_SCALE = {"sgld": lambda n: 0.1 / n, "sghmc": lambda n: 1.0 / math.sqrt(n)}
-#: Leapfrog steps per SGHMC mini-batch (BlackJAX's default).
+#: cSGLD's grid scales the peak of its cycles as SGLD's; AdaSGHMC's centres on Springenberg
+#: et al.'s default 0.01 / sqrt(N) (c = 0.1), its step being scale-free.
+GRID_SCALE = {
+    "sgld": lambda n: 0.1 / n,
+    "csgld": lambda n: 0.1 / n,
+    "sghmc": lambda n: 1.0 / math.sqrt(n),
+    "adasghmc": lambda n: 0.1 / math.sqrt(n),
+}
+#: SGHMC as BlackJAX's ``sghmc`` kernel runs it (and the suite's earlier numbers did): 10
+#: steps per mini-batch from a fresh momentum at every call, friction ``alpha`` = 0.01 per
+#: unit time (BlackJAX's default), i.e. ``momentum_decay = alpha * step_size`` per step.
 SGHMC_STEPS = 10
+SGHMC_FRICTION = 0.01
+#: cSGLD: cosine cycles over the sampling steps (Zhang et al. 2020); the first half of each
+#: explores (no noise, draws dropped), warmup explores at the peak step size.
+CSGLD_CYCLES = 4
 NAIVE_STEP_SIZE = 1e-3
 
 
@@ -129,7 +150,8 @@ class Problem:
         return renamed | {"num_draws": int(scores["num_draws"])}
 
 
-def ensemble(problem: Problem, **kwargs) -> SMILEEnsemble:
+def ensemble_settings(problem: Problem, **kwargs) -> dict:
+    """``SMILEEnsemble``'s settings of the budget (``kwargs`` override them)."""
     budget = problem.budget
     settings = {
         "num_members": budget["members"],
@@ -140,7 +162,11 @@ def ensemble(problem: Problem, **kwargs) -> SMILEEnsemble:
         "log_likelihood": False,
         "progress_bar": False,
     }
-    return SMILEEnsemble(problem.model, **(settings | kwargs))
+    return settings | kwargs
+
+
+def ensemble(problem: Problem, **kwargs) -> SMILEEnsemble:
+    return SMILEEnsemble(problem.model, **ensemble_settings(problem, **kwargs))
 
 
 def run_de(problem: Problem) -> tuple[dict, dict]:
@@ -251,106 +277,65 @@ def run_nuts(problem: Problem, de_params: dict, de: dict) -> dict:
     }
 
 
-def run_sg(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
-    """SGLD or SGHMC (BlackJAX kernels) with a validation-chosen step size."""
-    import blackjax.sgmcmc.sghmc as sghmc
-    import blackjax.sgmcmc.sgld as sgld
-
-    budget = problem.budget
-    train = problem.split.train
-    plates = model_views.inspect_model(problem.model, train, {})
-    info = model_views.initialize_subsampled_model(
-        jax.random.key(0), problem.model, plates, DEFAULT_INIT_STRATEGY, train, {},
-        shapes_only=True,
+def sg_kernel(problem: Problem, method: str, step_size: float, sampling: int) -> KernelAdapter:
+    """The baseline ``method``'s kernel at ``step_size`` (cSGLD: the peak of its cycles over
+    the ``sampling`` steps)."""
+    model = problem.model
+    if method == "sgld":
+        return SGLD(model, step_size=step_size, verbose=False)
+    if method == "csgld":
+        schedule = cyclical(step_size, sampling, CSGLD_CYCLES)
+        return SGLD(model, step_size=schedule, verbose=False)
+    if method == "adasghmc":
+        return AdaSGHMC(model, step_size=step_size, verbose=False)
+    return SGHMC(
+        model, step_size=step_size, momentum_decay=SGHMC_FRICTION * step_size,
+        num_integration_steps=SGHMC_STEPS, refresh_momentum=True, verbose=False,
     )  # fmt: skip
-    plates = tuple(plates.items())
-    unravel = ravel_pytree(jax.tree.map(lambda a: a[0], de_params))[1]
-    positions = jax.vmap(lambda z: ravel_pytree(z)[0])(de_params)
-    arrays, bind = model_views.split_model_args(train, {})
-    potential = model_views.flat_potential(info.potential_fn, unravel, bind)
-    grads_per_step = 1 if method == "sgld" else SGHMC_STEPS
+
+
+def run_sg(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
+    """A stochastic-gradient baseline (our kernels, from the deep ensemble's members) with the
+    step size chosen on validation LPPD from the budget's grid (``select_step_size``)."""
+    budget = problem.budget
+    grads_per_step = SGHMC_STEPS if method == "sghmc" else 1
     # the same number of mini-batch gradients as psmile (two per McLachlan step)
     warmup = max(1, 2 * budget["warmup"] // grads_per_step)
     sampling = max(1, 2 * budget["samples"] // grads_per_step)
     draws = min(budget["samples"] // budget["thinning"], sampling)
     thinning = sampling // draws
-    kernel = sgld.build_kernel() if method == "sgld" else sghmc.build_kernel()
-
-    def chain(x, key, step_size, arrays):
-        def logdensity(x, indices, arrays):
-            return -potential(x, indices, arrays)
-
-        def grad_estimator(position, indices):
-            return jax.grad(logdensity)(position, indices, arrays)
-
-        def step(carry, key):
-            x, schedules = carry
-            key_batch, key_step = jax.random.split(key)
-            schedules, indices = batching.schedules_next(plates, schedules, key_batch)
-            if method == "sgld":
-                x = kernel(key_step, x, grad_estimator, indices, step_size)
-            else:
-                x = kernel(key_step, x, grad_estimator, indices, step_size, SGHMC_STEPS)
-            return (x, schedules), None
-
-        key_schedule, key_warmup, key_sampling = jax.random.split(key, 3)
-        carry = (x, batching.schedules_init(plates, key_schedule, "epoch"))
-        carry, _ = jax.lax.scan(step, carry, jax.random.split(key_warmup, warmup))
-
-        def draw(carry, key):
-            carry, _ = jax.lax.scan(step, carry, jax.random.split(key, thinning))
-            return carry, carry[0]
-
-        _, xs = jax.lax.scan(draw, carry, jax.random.split(key_sampling, draws))
-        return xs
-
-    run = jax.jit(jax.vmap(chain, in_axes=(0, 0, None, None)))
-    keys = jax.random.split(jax.random.fold_in(problem.key, 3), budget["members"])
-    start = time.perf_counter()
-    compiled = run.lower(positions, keys, 1.0, arrays).compile()
-    compile_s = time.perf_counter() - start
-    candidates = []
-    for c in budget["grid"]:
-        step_size = c * GRID_SCALE[method](problem.n_train)
-        start = time.perf_counter()
-        xs = jax.block_until_ready(compiled(positions, keys, step_size, arrays))
-        wall = time.perf_counter() - start
-        idata = _draws_to_idata(problem, xs, unravel)
-        valid = problem.metrics(idata, on="valid")["valid_lppd"] if idata else -math.inf
-        candidates.append((valid if np.isfinite(valid) else -math.inf, step_size, wall, idata))
-    best = max(candidates, key=lambda c: c[0])
-    _, step_size, wall, idata = best
-    share = problem.batch_size / problem.n_train
-    grad_evals = budget["members"] * (warmup + sampling) * grads_per_step * share
+    selection = select_step_size(
+        lambda step_size: sg_kernel(problem, method, step_size, sampling),
+        [c * GRID_SCALE[method](problem.n_train) for c in budget["grid"]],
+        problem.model,
+        *problem.split.train,
+        rng_key=jax.random.fold_in(problem.key, 3),
+        validation=problem.split.valid,
+        init_params=de_params,
+        **ensemble_settings(
+            problem, num_warmup=warmup, num_samples=sampling, thinning=thinning, pretrain_epochs=0
+        ),
+    )
+    chosen = next(p for p in selection.grid if p.step_size == selection.step_size)
+    timings = selection.ensemble.timings
+    others = [p for p in selection.grid if p is not chosen]
     return {
         "method": method,
-        **(problem.metrics(idata) if idata else {"test_lppd": -math.inf}),
-        "wall_s": wall + compile_s,
-        "compile_s": compile_s,
+        **problem.metrics(selection.idata),
+        "wall_s": chosen.wall_s + chosen.compile_s,
+        "compile_s": chosen.compile_s,
         "pretrain_s": de["pretrain_s"],
-        "warmup_s": wall * warmup / (warmup + sampling),
-        "sampling_s": wall * sampling / (warmup + sampling),
-        "grad_evals": grad_evals,
-        "resets": 0,
-        "step_size": step_size,
-        "grid": [{"step_size": c[1], "valid_lppd": c[0]} for c in candidates],
-        "grid_wall_s": sum(c[2] for c in candidates) - wall,
-        "grid_grad_evals": grad_evals * (len(candidates) - 1),
+        "warmup_s": timings["warmup_s"] + timings["init_s"],
+        "sampling_s": timings["sampling_s"],
+        "grad_evals": chosen.grad_evals,
+        "resets": int(np.sum(selection.ensemble.last_state.num_resets)),
+        "step_size": selection.step_size,
+        "grid": [{"step_size": p.step_size, "valid_lppd": p.valid_lppd} for p in selection.grid],
+        # what the other grid points cost, their compilation included (the step size is a
+        # static setting of a kernel: every point compiles its own loop)
+        "grid_wall_s": sum(p.wall_s + p.compile_s for p in others),
+        "grid_grad_evals": selection.grid_grad_evals,
     }
-
-
-def _draws_to_idata(problem: Problem, xs, unravel) -> az.InferenceData | None:
-    """Flat ``(K, S, d)`` draws -> InferenceData of constrained sites (None if not finite)."""
-    xs = np.asarray(xs)
-    if not np.all(np.isfinite(xs)):
-        return None
-    z = jax.vmap(jax.vmap(unravel))(jnp.asarray(xs))
-    train = problem.split.train
-    plates = model_views.inspect_model(problem.model, train, {})
-    names = replay.posterior_site_names(problem.model, train, {}, plates)
-    constrain = replay.constrain_draws(problem.model, train, {}, plates, names)
-    posterior = replay.map_draws(constrain, z, jax.random.key(0))
-    return az.from_dict(posterior=posterior)
 
 
 def run_problem(args: argparse.Namespace, seed: int) -> list[dict]:
@@ -452,7 +437,7 @@ def targets(rows: list[dict]) -> list[str]:
             f"- psmile LPPD >= nuts with >= 20x less wall time: {'met' if ok else 'missed'} "
             f"(LPPD difference {gap:+.3f}, nuts/psmile wall time {speed:.1f}x)"
         )
-    for baseline in ("sgld", "sghmc"):
+    for baseline in SG_METHODS:
         if {"psmile", baseline} <= methods:
             gap = get("psmile", "test_lppd") - get(baseline, "test_lppd")
             out.append(
@@ -480,8 +465,8 @@ def plots(records: list[dict], out: Path) -> None:
                 rows = [r for r in records if r["data"] == data and r["method"] == method]
                 xs = [r[key] for r in rows if r.get(key) and r.get("test_lppd") is not None]
                 ys = [r["test_lppd"] for r in rows if r.get(key) and r.get("test_lppd") is not None]
-                if xs:
-                    ax.scatter(xs, ys, label=method)
+                if xs:  # the tuned stochastic-gradient baselines as crosses
+                    ax.scatter(xs, ys, label=method, marker="x" if method in SG_METHODS else "o")
             ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("test LPPD")

@@ -1,5 +1,9 @@
 """After-the-run summary of guardrail resets: one warning, from Python, never from jitted code.
 
+The message names the kernel (``SMILE guardrail: ...``, ``SGHMC guardrail: ...``): the
+stochastic-gradient kernels (:class:`~numpyro_smile.SGLD`, ...) reject only non-finite steps,
+so for them any reset is news.
+
 Every step the guardrail rejects (a non-finite position, density or energy error; in
 mini-batch mode also an energy error beyond the fitted ``reset_quantile`` of |dE|) keeps the
 old position, redraws the velocity and is counted: per step in ``diverging`` and in total in
@@ -27,7 +31,11 @@ class ResetWarning(UserWarning):
 
 
 def reset_summary(
-    num_resets: Any, num_steps: int, expected_rate: float, label: str = "chains"
+    num_resets: Any,
+    num_steps: int,
+    expected_rate: float,
+    label: str = "chains",
+    name: str = "SMILE",
 ) -> str | None:
     """A one-paragraph account of the resets, or ``None`` when they are as expected.
 
@@ -37,6 +45,8 @@ def reset_summary(
         expected_rate: share of steps the reset rule resets by design (``1 - reset_quantile``
             in mini-batch mode, 0 in full batch).
         label: what a chain is called in the message ("chains" or "members").
+        name: the kernel whose guardrail it is (``"SMILE"``, ``"SGLD"``, ``"SGHMC"``,
+            ``"AdaSGHMC"``): the message names it and says what its guardrail rejects.
 
     Returns:
         The message when the resets exceed twice the expected count plus 5 Poisson standard
@@ -51,15 +61,25 @@ def reset_summary(
     if total == 0 or total <= 2 * expected + 5 * np.sqrt(expected):
         return None
     affected = int(np.count_nonzero(resets))
+    counts = f"{total} resets in {affected} of {resets.size} {label} ({rate:.1%} of {steps} steps"
+    if name != "SMILE":  # the stochastic-gradient kernels reject only non-finite steps
+        return (
+            f"{name} guardrail: {counts}; its guardrail rejects only non-finite steps, so none "
+            "are expected). A reset keeps the old position (and redraws any momentum), so "
+            "every draw stays finite, but this many means the step size is too large for the "
+            "curvature or the gradient noise (or a schedule's peak is): choose a smaller "
+            "step_size, e.g. with numpyro_smile.select_step_size on held-out data, and check "
+            "the start (init_params are unconstrained values; pretrained points help). Look at "
+            "sample_stats.diverging (and resets) to see where."
+        )
     expectation = (
         f"the reset rule alone accounts for about {expected_rate:.0%}"
         if expected_rate > 0
         else "with full-data gradients every reset is a non-finite step"
     )
     return (
-        f"SMILE guardrail: {total} resets in {affected} of {resets.size} {label} ({rate:.1%} of "
-        f"{steps} steps; {expectation}). A reset rejects a step with a non-finite or extreme "
-        "energy error, keeps the position and redraws the velocity, so every draw stays "
+        f"SMILE guardrail: {counts}; {expectation}). A reset rejects a step with a non-finite "
+        "or extreme energy error, keeps the position and redraws the velocity, so every draw stays "
         "finite, but this many means the step size keeps meeting trouble: a start far from "
         "the posterior (init_params are unconstrained values: pass log(sigma), not sigma; "
         "pretrained points help), a funnel, heavy tails, outliers, or a fixed step_size too "
@@ -68,15 +88,20 @@ def reset_summary(
     )
 
 
-def check_resets(source: Any, kernel: Any = None, label: str = "chains") -> str | None:
+def check_resets(
+    source: Any, kernel: Any = None, label: str = "chains", name: str | None = None
+) -> str | None:
     """Warn once (:class:`ResetWarning`) if a finished run had more resets than expected.
 
     Args:
-        source: a NumPyro ``MCMC`` that ran a :class:`~numpyro_smile.SMILE` kernel, or a
-            final :class:`~numpyro_smile.SMILEState` (then pass ``kernel``).
-        kernel: when ``source`` is a state, the ``SMILE`` kernel or the core's
-            :class:`~numpyro_smile.sampler.Plan` (anything with ``expected_reset_rate``).
+        source: a NumPyro ``MCMC`` that ran a kernel of the package (:class:`~numpyro_smile.
+            SMILE`, :class:`~numpyro_smile.SGLD`, ...), or a final state (then pass
+            ``kernel``).
+        kernel: when ``source`` is a state, the kernel or the core's plan (anything with
+            ``expected_reset_rate``).
         label: what a chain is called in the message.
+        name: the kernel's name in the message (``None``: ``kernel.name`` where it has one,
+            else ``"SMILE"``).
 
     Returns:
         The warning's message, or ``None`` when there was nothing to report.
@@ -86,9 +111,13 @@ def check_resets(source: Any, kernel: Any = None, label: str = "chains") -> str 
     else:
         state = source
     if state is None or not hasattr(state, "num_resets"):
-        raise TypeError("check_resets needs a SMILE run: an MCMC(SMILE(...)) or a SMILEState.")
+        raise TypeError(
+            "check_resets needs a SMILE run (or an SGLD/SGHMC/AdaSGHMC one): an "
+            "MCMC(SMILE(...)) or a final SMILEState (SGState)."
+        )
+    name = name if name is not None else getattr(kernel, "name", "SMILE")
     num_steps = int(np.max(np.asarray(state.i)))
-    message = reset_summary(state.num_resets, num_steps, kernel.expected_reset_rate, label)
+    message = reset_summary(state.num_resets, num_steps, kernel.expected_reset_rate, label, name)
     if message is not None:
         warnings.warn(message, ResetWarning, stacklevel=2)
     return message

@@ -48,6 +48,7 @@ from numpyro_smile.config import SMILEConfig
 from numpyro_smile.kernel import DEFAULT_INIT_STRATEGY, SMILE, KernelAdapter
 from numpyro_smile.runtime import Progress, Timings
 from numpyro_smile.sampler import SMILEState
+from numpyro_smile.sgmcmc import SGState
 
 if TYPE_CHECKING:  # ArviZ takes seconds to import: only where InferenceData is built
     import arviz as az
@@ -224,7 +225,9 @@ class SMILEEnsemble:
         *model_args: Any,
         validation: tuple | None = None,
         init_params: dict | None = None,
-        resume_from: str | os.PathLike | checkpoint.EnsembleCheckpoint | SMILEState | None = None,
+        resume_from: (
+            str | os.PathLike | checkpoint.EnsembleCheckpoint | SMILEState | SGState | None
+        ) = None,
         **model_kwargs: Any,
     ) -> az.InferenceData:
         """Pretrain, sample and return the ensemble's ``arviz.InferenceData``.
@@ -241,7 +244,7 @@ class SMILEEnsemble:
                 Pretraining starts from them; with ``pretrain_epochs=0`` the chains do.
             resume_from: continue saved chains instead of starting new ones: a file written
                 by :meth:`save_state`, a loaded :class:`~numpyro_smile.checkpoint.
-                EnsembleCheckpoint`, or a ``SMILEState`` of this ensemble (e.g.
+                EnsembleCheckpoint`, or a ``SMILEState`` (``SGState``) of this ensemble (e.g.
                 ``post_warmup_state``). Pretraining is skipped, the warmup left is finished
                 and ``num_samples`` further steps are sampled, continuing exactly the draws of
                 an uninterrupted run. ``rng_key`` then only seeds the post-processing.
@@ -410,7 +413,8 @@ class SMILEEnsemble:
                 )  # fmt: skip
         self.timings["total_s"] = time.perf_counter() - start
         idata.sample_stats.attrs.update({k: round(v, 3) for k, v in self.timings.items()})
-        diagnostics.check_resets(self.last_state, self.plan, label="members")
+        name = "SMILE" if self.kernel is None else self.kernel.name
+        diagnostics.check_resets(self.last_state, self.plan, label="members", name=name)
         return idata
 
     def _mode(self) -> str:
@@ -444,7 +448,7 @@ CHAINS_NOTE = (
 
 def _load(resume_from, ensemble: SMILEEnsemble) -> checkpoint.EnsembleCheckpoint:
     """A checkpoint from a path, a loaded checkpoint, or a state of ``ensemble``."""
-    if isinstance(resume_from, SMILEState):
+    if isinstance(resume_from, (SMILEState, SGState)):
         return ensemble.to_checkpoint(resume_from)
     if isinstance(resume_from, checkpoint.EnsembleCheckpoint):
         return resume_from

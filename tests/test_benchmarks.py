@@ -26,10 +26,17 @@ def test_uci_harness_smoke(tmp_path):
     for record in records:
         assert required <= set(record), required - set(record)
         assert record["test_lppd"] is not None
-    assert {r["method"]: r["grad_evals"] for r in records}["mile"] > 0
-    grid = next(r for r in records if r["method"] == "sgld")["grid"]
-    assert len(grid) == len(uci.BUDGETS["tiny"]["grid"])
+    by_method = {r["method"]: r for r in records}
+    assert by_method["mile"]["grad_evals"] > 0
+    for method in uci.SG_METHODS:  # our kernels, at psmile's number of mini-batch gradients
+        record = by_method[method]
+        assert record["grad_evals"] == by_method["psmile"]["grad_evals"]
+        assert len(record["grid"]) == len(uci.BUDGETS["tiny"]["grid"]) and record["step_size"]
+        assert record["resets"] == 0 and record["grid_wall_s"] == 0.0
+    # cSGLD keeps only the draws of its cycles' sampling halves
+    assert 0 < by_method["csgld"]["num_draws"] < by_method["sgld"]["num_draws"]
     table = (tmp_path / "results.md").read_text()
     assert "| psmile |" in table and "psmile LPPD >= nuts" in table
+    assert "| csgld |" in table and "psmile beats tuned adasghmc" in table
     for name in ("lppd_vs_time.png", "lppd_vs_grad_evals.png"):
         assert (tmp_path / name).stat().st_size > 1000

@@ -94,3 +94,18 @@ def test_a_state_without_resets_is_refused():
         check_resets(SimpleNamespace(i=np.zeros(2)), kernel(0.0))
     with pytest.raises(TypeError, match="needs a SMILE run"):
         check_resets(SimpleNamespace(sampler=kernel(0.0), last_state=None))
+
+
+def test_the_message_names_the_kernel():
+    """A stochastic-gradient kernel's resets are its guardrail's (any reset is news); SMILE's
+    message keeps its wording."""
+    mcmc = SimpleNamespace(
+        sampler=SimpleNamespace(expected_reset_rate=0.0, name="SGHMC"),
+        last_state=final_state([3, 0]),
+    )
+    with pytest.warns(ResetWarning, match="SGHMC guardrail: 3 resets in 1 of 2 chains"):
+        message = check_resets(mcmc)
+    assert "rejects only non-finite steps" in message and "SMILE" not in message
+    with pytest.warns(ResetWarning, match="^SGLD guardrail: 3 resets"):
+        check_resets(final_state([3, 0]), kernel(0.0), name="SGLD")
+    assert reset_summary([3, 0], STEPS, 0.0).startswith("SMILE guardrail: 3 resets")

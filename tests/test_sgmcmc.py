@@ -386,6 +386,25 @@ def test_ensemble_runs_each_kernel(small, blr, make):
     assert ensemble.plan.variant == ("cSGLD" if kernel.cyclical else kernel.name)
 
 
+def test_ensemble_resumes_an_sg_kernel_exactly(small, blr, tmp_path):
+    """A checkpoint of AdaSGHMC chains (momentum, frozen moments, batch schedules) after warmup,
+    resumed in a new ensemble, continues the draws of the uninterrupted run."""
+    model = partial(linear_regression, subsample_size=100)
+
+    def ensemble():
+        return SMILEEnsemble(
+            model, kernel=AdaSGHMC(model), num_members=2, num_warmup=10, num_samples=10,
+            thinning=2, pretrain_epochs=0, log_likelihood=False, progress_bar=False,
+        )  # fmt: skip
+
+    uninterrupted = ensemble()
+    full = uninterrupted.run(jax.random.key(0), *small, init_params=blr.dispersed_init(2))
+    path = uninterrupted.save_state(tmp_path / "warm.npz", uninterrupted.post_warmup_state)
+    resumed = ensemble().run(jax.random.key(1), *small, resume_from=path)
+    np.testing.assert_array_equal(full.posterior["beta"].values, resumed.posterior["beta"].values)
+    assert resumed.posterior.attrs["resumed_at_step"] == 10
+
+
 def test_ensemble_kernel_arguments_are_checked():
     with pytest.raises(ValueError, match="not both"):
         SMILEEnsemble(linear_regression, kernel=numpyro_smile_smile(), config=_config())
