@@ -128,6 +128,7 @@ def energy_error_tuner(
     """
 
     def init(rng_key, dim, dtype, limit):
+        initial: Array | float
         if step_size is None:
             initial = jnp.minimum(limit, STEP_SIZE_MINIBATCH_MAX)
         elif adapt:  # while adapting the step never exceeds the noise limit, the first included
