@@ -33,9 +33,9 @@ mini-batch estimate of the full-data gradient, epsilon the step size, xi ~ N(0, 
            + N(0, 2 alpha epsilon^2 V^(-1/2) - epsilon^4 I)
 
   V is an exponential moving average whose memory tau adapts per coordinate (Schaul et al.
-  2013's rule: tau' = tau (1 - gbar^2 / V) + 1, weights 1 / tau': long memory where the
-  gradient is noisy), updated during warmup and frozen after. epsilon = lr / sqrt(N) in their
-  learning-rate units (default lr = 0.01).
+  2013's rule: tau' = tau (1 - gbar^2 / V) + 1, the new gradient weighted 1 / (tau + 1): long
+  memory where the gradient is noisy), updated during warmup and frozen after. epsilon =
+  lr / sqrt(N) in their learning-rate units (default lr = 0.01).
 
 Guardrail (all three): a step whose new position, log density, gradient or momentum is not
 finite is rejected: the chain keeps its old position and gradient, redraws the momentum, and the
@@ -182,12 +182,18 @@ def scale_adaptation_init(grad: jax.Array) -> ScaleAdaptationState:
 
 def scale_adaptation_update(state: ScaleAdaptationState, grad: jax.Array) -> ScaleAdaptationState:
     """One update with the gradient ``grad``: the memory tau grows where the mean gradient is
-    small next to its second moment (noise dominates) and stays short where it is not."""
-    signal = state.mean**2 / jnp.maximum(state.square, jnp.finfo(grad.dtype).tiny)
-    tau = state.tau * (1 - jnp.minimum(signal, 1)) + 1
-    weight = 1 / tau
+    small next to its second moment (noise dominates) and stays short where it is not.
+
+    The averages take ``grad`` with weight 1 / (tau + 1) (tau steps of memory plus the new
+    one), then tau' = tau (1 - gbar'^2 / V') + 1. The weight is at most 1/2, so the averages
+    never forget all but the last gradient. (With the weight 1 / tau', tau = 1 was absorbing:
+    weight 1 gives gbar^2 = V, hence tau' = 1 again, and V froze as one mini-batch's g^2;
+    every coordinate whose gradient has a mean of about its noise or more fell into it.)"""
+    weight = 1 / (state.tau + 1)
     mean = (1 - weight) * state.mean + weight * grad
     square = (1 - weight) * state.square + weight * grad**2
+    signal = mean**2 / jnp.maximum(square, jnp.finfo(grad.dtype).tiny)
+    tau = state.tau * (1 - jnp.minimum(signal, 1)) + 1
     return ScaleAdaptationState(tau, mean, square)
 
 
