@@ -290,18 +290,23 @@ def check_smooth_likelihood(
 
 def coordinate_names(z: Any, indices: Any) -> tuple[str, ...]:
     """Names of flat coordinates of ``z`` (one chain's pytree, in ``ravel_pytree`` order):
-    ``"tau"`` for a scalar site, ``"w[3]"`` or ``"w[1,2]"`` for an element of an array site."""
-    names: list[str] = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(z)[0]:
+    ``"tau"`` for a scalar site, ``"w[3]"`` or ``"w[1,2]"`` for an element of an array site.
+    Only the requested coordinates are named (O(len(indices)), not O(d))."""
+    leaves = jax.tree_util.tree_flatten_with_path(z)[0]
+    shapes = [np.shape(leaf) for _, leaf in leaves]
+    starts = np.cumsum([0] + [int(np.prod(shape)) for shape in shapes])
+    names = []
+    for i in np.asarray(indices, dtype=np.int64).reshape(-1):
+        k = int(np.searchsorted(starts, i, side="right")) - 1
+        path, shape = leaves[k][0], shapes[k]
         site = ".".join(
             str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))) for key in path
         )
-        shape = np.shape(leaf)
-        if not shape:
-            names.append(site)
-            continue
-        names.extend(f"{site}[{','.join(map(str, index))}]" for index in np.ndindex(*shape))
-    return tuple(names[int(i)] for i in indices)
+        if shape:
+            index = np.unravel_index(int(i - starts[k]), shape)
+            site = f"{site}[{','.join(str(int(j)) for j in index)}]"
+        names.append(site)
+    return tuple(names)
 
 
 #: The extra site of a one-dimensional target (see :func:`with_auxiliary_site`).
