@@ -17,8 +17,10 @@ pretraining, AdamW with early stopping) is trained and **every sampler starts fr
   cyclical SGLD (4 cosine cycles over the sampling steps, draws from each cycle's sampling
   half only). Each takes the same number of mini-batch gradients as ``psmile`` with the same
   epoch batch schedule; the step size (cSGLD: the cycles' peak) is chosen on validation LPPD
-  from a grid by ``select_step_size`` (``GRID_SCALE``; ``grid_wall_s`` and
-  ``grid_grad_evals`` report what the grid cost beyond the chosen run, compilation included).
+  from a grid by ``select_step_size`` (``GRID_SCALE``; a point where a member runs away is
+  refused, and a best point at the grid's edge extends the grid by up to two more sizes;
+  ``grid_wall_s`` and ``grid_grad_evals`` report what the grid cost beyond the chosen run,
+  compilation included).
 
 Each record of ``DIR/results.json`` holds the test metrics (``test_lppd``, ``test_rmse`` or
 ``test_accuracy``, calibration), timings (``wall_s`` for the method's own run including
@@ -330,7 +332,15 @@ def run_sg(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
         "grad_evals": chosen.grad_evals,
         "resets": int(np.sum(selection.ensemble.last_state.num_resets)),
         "step_size": selection.step_size,
-        "grid": [{"step_size": p.step_size, "valid_lppd": p.valid_lppd} for p in selection.grid],
+        "grid": [
+            {
+                "step_size": p.step_size,
+                "valid_lppd": p.valid_lppd,
+                "worst_member_lppd": min(p.member_lppd, default=-math.inf),
+                "accepted": p.accepted,
+            }
+            for p in selection.grid
+        ],
         # what the other grid points cost, their compilation included (the step size is a
         # static setting of a kernel: every point compiles its own loop)
         "grid_wall_s": sum(p.wall_s + p.compile_s for p in others),

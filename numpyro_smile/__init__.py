@@ -10,7 +10,7 @@ from numpyro_smile.kernel import SMILE, SMILEState
 from numpyro_smile.model_views import FullBatchWarning, ModelError
 from numpyro_smile.schedules import ConstantSchedule, CyclicalSchedule, PolynomialDecay, cyclical
 from numpyro_smile.sg_kernels import SGHMC, SGLD, AdaSGHMC, SGState
-from numpyro_smile.step_size_selection import select_step_size
+from numpyro_smile.step_size_selection import GridWarning, select_step_size
 from numpyro_smile.targets import NonSmoothWarning, StartWarning
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "ConvergenceWarning",
     "CyclicalSchedule",
     "FullBatchWarning",
+    "GridWarning",
     "ModelError",
     "NonSmoothWarning",
     "PolynomialDecay",

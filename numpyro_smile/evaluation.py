@@ -63,8 +63,9 @@ def evaluate(
     coverage_levels: Sequence[float] = (0.5, 0.8, 0.9, 0.95),
     num_bins: int = 10,
     memory_budget: int | None = None,
+    by_member: bool = False,
     **model_kwargs: Any,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Test metrics of the draws in ``idata[group]`` on held-out data.
 
     Args:
@@ -79,6 +80,9 @@ def evaluate(
         memory_budget: bytes one chunk of the replay may hold at its peak, the network's
             activations on all held-out points included (default 256 MiB; see
             :func:`numpyro_smile.replay.map_draws`).
+        by_member: also return ``"member_lppd"``, each member's (chain's) own LPPD over its
+            draws, a list of K floats: the pooled LPPD hides a member that left the data (its
+            density vanishes from the mixture at a cost of at most log K).
 
     Returns:
         ``{"lppd", "num_draws"}`` plus, for a continuous likelihood, ``"rmse"``,
@@ -97,7 +101,9 @@ def evaluate(
     )
     result, labels = pointwise.result, pointwise.labels
     num_draws = int(np.prod(result["log_likelihood"].shape[:2]))
-    metrics = {"lppd": lppd(result["log_likelihood"]), "num_draws": num_draws}
+    metrics: dict[str, Any] = {"lppd": lppd(result["log_likelihood"]), "num_draws": num_draws}
+    if by_member:
+        metrics["member_lppd"] = [lppd(member) for member in result["log_likelihood"]]
     if pointwise.classification:
         probs = _pool(result["probs"]).mean(axis=0)
         metrics["accuracy"] = float(np.mean(probs.argmax(-1) == labels))

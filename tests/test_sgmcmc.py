@@ -449,7 +449,7 @@ def test_select_step_size_reports_every_point(small, blr):
     selection = select_step_size(
         lambda s: SGLD(model, step_size=s), [1e-7, 1e-1], model, *small,
         rng_key=jax.random.key(0), validation=valid, init_params=blr.dispersed_init(2),
-        num_members=2, num_warmup=10, num_samples=10, thinning=2,
+        num_members=2, num_warmup=10, num_samples=10, thinning=2, max_extensions=0,
     )  # fmt: skip
     assert [p.step_size for p in selection.grid] == [1e-7, 1e-1]
     assert selection.step_size == 1e-7  # 1e-1 is far beyond SGLD's stability limit (~1/N)
@@ -457,3 +457,41 @@ def test_select_step_size_reports_every_point(small, blr):
     for point in selection.grid:
         assert point.wall_s > 0 and point.grad_evals == pytest.approx(2 * 20 * 100 / 2000)
     assert selection.grid_grad_evals == pytest.approx(selection.grid[1].grad_evals)
+
+
+def test_select_step_size_refuses_run_away_members_and_extends_past_an_edge(small, blr):
+    """From zeros, 20 steps: the larger the stable step, the nearer the posterior, so the grid's
+    top edge is best and is extended; at 1e-3 (the stability limit ~1 / N) a member runs away
+    with finite draws, and that point is refused although its pooled LPPD is finite."""
+    model = partial(linear_regression, subsample_size=100)
+    valid = (blr.X[2000:2500], blr.y[2000:2500])
+    start = {"beta": jnp.zeros((2, blr.X.shape[1]), jnp.float32)}
+    selection = select_step_size(
+        lambda s: SGLD(model, step_size=s), [1e-6, 1e-5], model, *small,
+        rng_key=jax.random.key(0), validation=valid, init_params=start,
+        num_members=2, num_warmup=10, num_samples=10, thinning=2,
+    )  # fmt: skip
+    tried = [p.step_size for p in selection.grid]
+    np.testing.assert_allclose(tried, [1e-6, 1e-5, 1e-4, 1e-3], rtol=1e-6)
+    assert [p.accepted for p in selection.grid] == [True, True, True, False]
+    run_away = selection.grid[3]
+    assert math.isfinite(run_away.valid_lppd)
+    assert run_away.valid_lppd - min(run_away.member_lppd) > 5.0
+    assert selection.step_size == tried[2]
+    assert all(len(p.member_lppd) == 2 for p in selection.grid)
+
+
+def test_select_step_size_arguments_are_checked(small, blr):
+    model = partial(linear_regression, subsample_size=100)
+    valid = (blr.X[2000:2500], blr.y[2000:2500])
+    for grid, extra, message in [
+        ([], {}, "step_sizes is empty"),
+        ([1e-6, -1.0], {}, "positive and finite"),
+        ([1e-6], {"max_extensions": -1}, "max_extensions"),
+        ([1e-6], {"max_member_gap": float("nan")}, "max_member_gap"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            select_step_size(
+                lambda s: SGLD(model, step_size=s), grid, model, *small,
+                rng_key=jax.random.key(0), validation=valid, **extra,
+            )  # fmt: skip
