@@ -14,8 +14,11 @@ extra gradient cost and, after the last warmup step, warns (:class:`ConvergenceW
 
 The statistics are Welford sums of ``MONITORED_COORDINATES`` or fewer flat coordinates, spread
 evenly over the parameter vector, and of the potential: O(1) memory per chain. The check runs
-once, in Python, through a host callback from the compiled step (NumPyro's ``MCMC`` has no
-end-of-run hook for kernels); it never changes a draw.
+once, in Python: under NumPyro's ``MCMC`` (which has no end-of-warmup hook for kernels)
+through a host callback from the compiled step; in
+:class:`~numpyro_smile.SMILEEnsemble`, which runs warmup as its own phase, on the host after
+it, so that the compiled loops hold no callback and JAX's persistent compilation cache can
+store them. It never changes a draw.
 """
 
 from __future__ import annotations

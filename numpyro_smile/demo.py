@@ -52,8 +52,10 @@ def run(
     """Deep ensemble vs SMILE vs MILE on the diabetes data.
 
     Returns:
-        ``{"metrics": {method: {...}}, "idata": SMILE's InferenceData, "paths": [...]}``;
-        each method's metrics are :func:`numpyro_smile.evaluate`'s plus ``"time_s"``.
+        ``{"metrics": {method: {...}}, "idata": SMILE's InferenceData, "paths": [...],
+        "timings": {"SMILE": ..., "MILE": ...}}``; each method's metrics are
+        :func:`numpyro_smile.evaluate`'s plus ``"time_s"``; the timings are the two
+        ensembles' seconds per phase (:attr:`SMILEEnsemble.timings`).
     """
     split, feature_names = load_diabetes(seed)
     num_train, num_features = split.train[0].shape
@@ -98,7 +100,8 @@ def run(
     idata.to_netcdf(netcdf)
     figure = _plot(idata, split, metrics, feature_names, out_dir / "demo.png")
     print(f"\nWrote {netcdf} (SMILE's InferenceData: az.from_netcdf({str(netcdf)!r})) and {figure}")
-    return {"metrics": metrics, "idata": idata, "paths": [netcdf, figure]}
+    timings = {"SMILE": smile.timings, "MILE": mile.timings}
+    return {"metrics": metrics, "idata": idata, "paths": [netcdf, figure], "timings": timings}
 
 
 def _print_table(metrics: dict) -> None:

@@ -33,6 +33,7 @@ from numpyro.util import is_prng_key
 
 from numpyro_smile import (
     checkpoint,
+    compilation_cache,
     diagnostics,
     evaluation,
     loops,
@@ -304,7 +305,8 @@ class SMILEEnsemble:
         """Predictive metrics of ``idata[group]`` on held-out data: see
         :func:`numpyro_smile.evaluation.evaluate` (``group="pretrained"``: the deep ensemble)."""
         kwargs.setdefault("memory_budget", self.memory_budget)
-        return evaluation.evaluate(self._model, idata, *model_args, group=group, **kwargs)
+        with compilation_cache.persistent_cache():
+            return evaluation.evaluate(self._model, idata, *model_args, group=group, **kwargs)
 
     # ------------------------------------------------------------------ the pipeline
 
@@ -314,7 +316,7 @@ class SMILEEnsemble:
         (the stages are :mod:`numpyro_smile.pipeline`'s). Every second of it is in one of
         ``timings``' phases: setup, compile, pretrain, init, warmup, sampling, postprocess."""
         start = time.perf_counter()
-        with Progress(self.progress_bar) as progress:
+        with Progress(self.progress_bar) as progress, compilation_cache.persistent_cache():
             timings = Timings(on_compile=lambda what: progress.status(f"compiling {what}"))
             self.timings = timings.seconds
             with timings.phase("setup"):
@@ -382,6 +384,7 @@ class SMILEEnsemble:
                     progress.start("warmup", remaining)
                     report = pipeline.reporter(self.plan, progress, "warmup")
                     state = loops.run_steps(compiled, state, remaining, arrays, report)
+                pipeline.check_after_warmup(state)
             self.post_warmup_state = self.last_state = state
             if warmup_only:
                 self.timings["total_s"] = time.perf_counter() - start

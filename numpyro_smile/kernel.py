@@ -89,10 +89,19 @@ class KernelAdapter(MCMCKernel):
     # ------------------------------------------------------------------ what subclasses say
 
     def build_core(
-        self, plates: dict, num_warmup: int, dim: int, num_chains: int | None, fixed_start: bool
+        self,
+        plates: dict,
+        num_warmup: int,
+        dim: int,
+        num_chains: int | None,
+        fixed_start: bool,
+        *,
+        members: bool = False,
     ) -> Any:
         """The core (``init``, ``step``, ``plan``) for these plates and ``dim`` flat
-        parameters; ``fixed_start``: the chains start from given ``init_params``."""
+        parameters; ``fixed_start``: the chains start from given ``init_params``;
+        ``members``: the chains are an ensemble's members, run by a driver that checks the
+        end of warmup itself (:data:`numpyro_smile.sampler.MEMBERS_CHECK`)."""
         raise NotImplementedError
 
     @property
@@ -360,13 +369,23 @@ class SMILE(KernelAdapter):
         return sampler.describe(self.config, self._plates, self.preconditioned)
 
     def build_core(
-        self, plates: dict, num_warmup: int, dim: int, num_chains: int | None, fixed_start: bool
+        self,
+        plates: dict,
+        num_warmup: int,
+        dim: int,
+        num_chains: int | None,
+        fixed_start: bool,
+        *,
+        members: bool = False,
     ) -> sampler.SMILEKernel:
         """MCLMC's core; pretraining moves chains that start from the init strategy, never
         user ``init_params``."""
         config = self.config.replace(pretrain_steps=0) if fixed_start else self.config
         plan = sampler.make_plan(config, plates, num_warmup, dim)
-        check = sampler.WarmupCheck(site_names=self._watched_names)
+        if members:
+            check = sampler.MEMBERS_CHECK
+        else:
+            check = sampler.WarmupCheck(site_names=self._watched_names)
         return sampler.build_kernel(plan, num_chains, check)
 
     def _work(self, plan: sampler.Plan) -> str:

@@ -19,6 +19,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from numpyro_smile import (
+    convergence,
     diagnostics,
     loops,
     memory,
@@ -34,6 +35,7 @@ from numpyro_smile.runtime import Progress, Timings
 
 __all__ = [
     "MemberChains",
+    "check_after_warmup",
     "drop_exploring",
     "flat_structure",
     "member_chains",
@@ -158,11 +160,10 @@ def member_chains(
     if build_core is None:
         config = config.replace(pretrain_steps=0)
         plan = sampler.make_plan(config, plates, num_warmup, flat.shape[0], tuning.MILE_ENERGY_VAR)
-        # Members sit in different modes by design: only the step-size climb is checked.
-        core = sampler.build_kernel(plan, num_members, sampler.WarmupCheck(False, "members"))
+        core = sampler.build_kernel(plan, num_members, sampler.MEMBERS_CHECK)
         record = loops.record_fn(full_batch=not plates)
     else:
-        core = build_core(plates, num_warmup, flat.shape[0], num_members, True)
+        core = build_core(plates, num_warmup, flat.shape[0], num_members, True, members=True)
         record = core.record
 
     def target_fn(args, kwargs):
@@ -181,6 +182,23 @@ def member_chains(
         return core.step(state, target_fn(args, kwargs))
 
     return MemberChains(core.plan, jax.jit(init), step, record)
+
+
+def check_after_warmup(state: Any) -> None:
+    """The end-of-warmup check of the members (:data:`~numpyro_smile.sampler.MEMBERS_CHECK`),
+    on the host once warmup's last step has run; states without a monitor (the
+    stochastic-gradient family's, or warmup under 8 steps) are skipped."""
+    monitor = getattr(state, "monitor", None)
+    if monitor is None:
+        return
+    check = sampler.MEMBERS_CHECK
+    convergence.warn_after_warmup(
+        jax.device_get(monitor),
+        np.asarray(state.step_size),
+        check_chains=check.chains,
+        label=check.label,
+        site_names=check.site_names,
+    )
 
 
 def reporter(plan: sampler.Plan, progress: Progress, phase: str, unit: int = 1) -> Callable:

@@ -42,6 +42,7 @@ from numpyro_smile.config import SMILEConfig, energy_var_schedule
 __all__ = [
     "ENERGY_ROUNDING_SHARE",
     "GRADIENT_CLIP",
+    "MEMBERS_CHECK",
     "Plan",
     "SMILEKernel",
     "SMILEState",
@@ -290,11 +291,22 @@ class WarmupCheck(NamedTuple):
         label: what a chain is called in the warning ("chains", "members").
         site_names: names of the watched flat coordinates
             (:func:`~numpyro_smile.convergence.monitored_indices`), for the warning's text.
+        callback: report from inside the compiled step, through a host callback after the
+            last warmup step (NumPyro's ``MCMC`` has no other hook). ``False``: the state only
+            keeps the monitor, and a driver that runs warmup itself calls
+            :func:`~numpyro_smile.convergence.warn_after_warmup` when it ends; compiled code
+            holding a host callback cannot be stored in JAX's persistent compilation cache.
     """
 
     chains: bool = True
     label: str = "chains"
     site_names: tuple[str, ...] = ()
+    callback: bool = True
+
+
+#: An ensemble's check: members sit in different modes by design, so only the step-size climb
+#: is checked, and the driver (which runs warmup as its own phase) checks on the host.
+MEMBERS_CHECK = WarmupCheck(chains=False, label="members", callback=False)
 
 
 class SMILEKernel(NamedTuple):
@@ -485,7 +497,7 @@ def build_kernel(
         )
         if parts.tuner.final is not None:
             new = _finalize(parts.tuner.final, plan.num_warmup, state.i, new, num_chains)
-        if warmup_check is not None:
+        if warmup_check is not None and warmup_check.callback:
             _check_after_warmup(warmup_check, plan.num_warmup, state.i, new)
         # Keep every leaf's dtype (a float64 potential under x64 must not promote a float32 state).
         new = jax.tree.map(lambda a, b: a.astype(b.dtype), new, state)

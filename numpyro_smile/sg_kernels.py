@@ -94,7 +94,14 @@ class StochasticGradientKernel(KernelAdapter):
         return values
 
     def build_core(
-        self, plates: dict, num_warmup: int, dim: int, num_chains: int | None, fixed_start: bool
+        self,
+        plates: dict,
+        num_warmup: int,
+        dim: int,
+        num_chains: int | None,
+        fixed_start: bool,
+        *,
+        members: bool = False,
     ) -> sgmcmc.SGKernel:
         """The core of :mod:`numpyro_smile.sgmcmc` for this problem."""
         plan = sgmcmc.make_sg_plan(self.config, plates, num_warmup, dim)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -15,6 +16,11 @@ import pytest
 from numpyro_smile import models
 
 numpyro.set_host_device_count(1)
+
+# The drivers' persistent compilation cache: a fresh directory per test process (identical
+# programs compiled twice in one process load the first's executable; no state is shared
+# with other processes or earlier sessions, and the user's own cache is left alone).
+os.environ.setdefault("NUMPYRO_SMILE_CACHE_DIR", tempfile.mkdtemp(prefix="smile-jax-cache-"))
 
 #: UCI data directory for tests that read real data (not copied into the project).
 DATA_DIR = Path(
