@@ -81,6 +81,11 @@ def summarise(record: dict) -> dict:
     }
 
 
+def ratios(cases: dict[str, list[dict]]) -> dict[str, float]:
+    """Per case, the first run's start-up over the second's."""
+    return {name: runs[0]["startup_s"] / runs[1]["startup_s"] for name, runs in cases.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/startup", help="output directory")
@@ -98,9 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         total = time.perf_counter() - start
     results = {
         "cases": cases,
-        "ratios": {
-            name: runs[0]["startup_s"] / runs[1]["startup_s"] for name, runs in cases.items()
-        },
+        "ratios": ratios(cases),
         "config": {
             "num_warmup": args.num_warmup,
             "num_samples": args.num_samples,

@@ -40,3 +40,21 @@ def test_uci_harness_smoke(tmp_path):
     assert "| csgld |" in table and "psmile beats tuned adasghmc" in table
     for name in ("lppd_vs_time.png", "lppd_vs_grad_evals.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_startup_report_sums_the_ensembles_and_gives_the_ratio():
+    """The start-up benchmark's arithmetic (its runs take minutes: a benchmark, not a test)."""
+    from benchmarks import startup
+
+    def record(scale):
+        phases = {"setup_s": 1.0, "compile_s": 4.0, "init_s": 1.0, "pretrain_s": 0.5}
+        phases = {k: v * scale for k, v in phases.items()}
+        return {"import_s": 2.0, "wall_s": 10.0 * scale, "timings": {"a": phases, "b": phases}}
+
+    first, second = startup.summarise(record(1.0)), startup.summarise(record(0.25))
+    assert first["startup_s"] == pytest.approx(12.0) and first["work_s"] == pytest.approx(1.0)
+    cases = {"processes": [first, second], "cache off": [first, first]}
+    config = dict(num_warmup=1, num_samples=1, jax="x", backend="cpu", cpu_count=2, benchmark_s=1)
+    text = startup.render({"cases": cases, "ratios": startup.ratios(cases), "config": config})
+    assert "processes: second start-up 4.0x faster than the first (met" in text
+    assert "cache off: second start-up 1.0x faster than the first (control" in text
