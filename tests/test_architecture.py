@@ -24,6 +24,7 @@ LAYERS = {
         "batching",
         "sharding",
         "runtime",
+        "compilation_cache",
         "memory",
         "diagnostics",
         "convergence",
