@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from numpyro_smile import sharding
 from numpyro_smile._version import __version__
 
 __all__ = [
@@ -114,7 +115,7 @@ def make_checkpoint(
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             key_impls[name] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
-        arrays[name] = np.asarray(jax.device_get(leaf))
+        arrays[name] = np.asarray(sharding.to_host(leaf))
     steps = np.unique(arrays[".i"])
     if steps.size != 1 or arrays[".i"].ndim != 1:
         raise ValueError(

@@ -96,8 +96,10 @@ class SMILEEnsemble:
             m: over a fixed random subset of m points per subsample plate; ``False``: none.
         posterior_predictive: add a ``posterior_predictive`` group (one replicate per draw).
         draws_per_chunk: draws per member produced per compiled call (default: a twentieth).
-        devices: devices to shard members over (default: all devices of the default backend).
-        progress_bar: show progress (default: only on a terminal, and never when ``$CI`` is set).
+        devices: devices to shard members over (default: all devices of the default backend;
+            with several processes, those of every process).
+        progress_bar: show progress (default: only on a terminal, never when ``$CI`` is set,
+            and with several processes only on process 0).
         memory_budget: bytes one chunk of the replays may hold at its peak (default 256 MiB).
 
     After :meth:`run`: ``last_state``, ``post_warmup_state``, ``pretrained_params`` (the
@@ -105,6 +107,15 @@ class SMILEEnsemble:
     :class:`~numpyro_smile.sampler.Plan`), ``timings`` (seconds per phase, compilation apart)
     and ``memory`` (peak bytes). :meth:`save_state` and ``run(..., resume_from=path)``
     checkpoint and resume the chains exactly; :meth:`warmup` stops before sampling.
+
+    Several processes (JAX's distributed runtime: ``jax.distributed.initialize()`` in every
+    process before anything else of JAX) run the same script on the same data: the members are
+    sharded over every process's devices (``num_members`` a multiple of the process count),
+    each process computes its own, and every process gets the whole ``InferenceData``, the
+    same as one process would. :meth:`run`, :meth:`evaluate`, :meth:`save_state` and
+    :meth:`to_checkpoint` gather from all processes, so every process must call them;
+    ``last_state`` and ``post_warmup_state`` are global arrays (each process holds its own
+    members; :meth:`to_checkpoint` brings them to the host whole).
 
     Example::
 
@@ -303,7 +314,8 @@ class SMILEEnsemble:
         self, idata: az.InferenceData, *model_args: Any, group: str = "posterior", **kwargs: Any
     ) -> dict[str, float]:
         """Predictive metrics of ``idata[group]`` on held-out data: see
-        :func:`numpyro_smile.evaluation.evaluate` (``group="pretrained"``: the deep ensemble)."""
+        :func:`numpyro_smile.evaluation.evaluate` (``group="pretrained"``: the deep ensemble).
+        With several processes each one replays its own members: call it on every process."""
         kwargs.setdefault("memory_budget", self.memory_budget)
         with compilation_cache.persistent_cache():
             return evaluation.evaluate(self._model, idata, *model_args, group=group, **kwargs)
@@ -417,7 +429,8 @@ class SMILEEnsemble:
         self.timings["total_s"] = time.perf_counter() - start
         idata.sample_stats.attrs.update({k: round(v, 3) for k, v in self.timings.items()})
         name = "SMILE" if self.kernel is None else self.kernel.name
-        diagnostics.check_resets(self.last_state, self.plan, label="members", name=name)
+        counters = pipeline.counters(self.last_state)
+        diagnostics.check_resets(counters, self.plan, label="members", name=name)
         return idata
 
     def _mode(self) -> str:

@@ -12,6 +12,10 @@ model replayed on held-out data, with every draw of every member pooled:
 * **classification**: accuracy of the argmax of the mean predicted probabilities, and the
   expected calibration error (textbook: confidence of the predicted class, ``num_bins`` equal
   bins; the SMILE code bins the true class's probability instead).
+
+With several processes (JAX's distributed runtime) each process replays its own block of the
+members and every process gets every metric (:func:`numpyro_smile.replay.map_draws`): call
+:func:`evaluate` and :func:`predict` on every process, with the same data.
 """
 
 from __future__ import annotations

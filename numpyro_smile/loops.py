@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numpyro_smile import sharding
 from numpyro_smile.runtime import PROGRESS_CHUNKS
 
 __all__ = [
@@ -76,8 +77,9 @@ def draws_per_chunk(
 
 
 def store(host: dict | None, buffer: Any, start: int, count: int, num_draws: int) -> Any:
-    """Copy a chunk ``(chunk, K, ...)`` of draws into the host arrays ``(K, num_draws, ...)``."""
-    chunk = jax.device_get(buffer)
+    """Copy a chunk ``(chunk, K, ...)`` of draws into the host arrays ``(K, num_draws, ...)``
+    (with several processes every process gets every member's draws)."""
+    chunk = sharding.to_host(buffer)
     if host is None:
         host = jax.tree.map(
             lambda a: np.empty((a.shape[1], num_draws, *a.shape[2:]), a.dtype), chunk

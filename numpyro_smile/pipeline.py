@@ -27,6 +27,7 @@ from numpyro_smile import (
     pretrain,
     replay,
     sampler,
+    sharding,
     targets,
     tuning,
 )
@@ -34,8 +35,10 @@ from numpyro_smile.config import SMILEConfig
 from numpyro_smile.runtime import Progress, Timings
 
 __all__ = [
+    "Counters",
     "MemberChains",
     "check_after_warmup",
+    "counters",
     "drop_exploring",
     "flat_structure",
     "member_chains",
@@ -109,7 +112,7 @@ def pretrain_members(
             on_epochs=lambda count: progress.update(count * unit, "pretraining"),
         )
         progress.update(max(0, length - progress.phase_done("pretraining")), "pretraining")
-    return jax.device_get(jax.vmap(unravel)(positions)), curves
+    return sharding.to_host(jax.vmap(unravel)(positions)), curves
 
 
 class MemberChains(NamedTuple):
@@ -192,9 +195,10 @@ def check_after_warmup(state: Any) -> None:
     if monitor is None:
         return
     check = sampler.MEMBERS_CHECK
+    monitor, step_size = sharding.to_host((monitor, state.step_size))
     convergence.warn_after_warmup(
-        jax.device_get(monitor),
-        np.asarray(state.step_size),
+        monitor,
+        np.asarray(step_size),
         check_chains=check.chains,
         label=check.label,
         site_names=check.site_names,
@@ -206,10 +210,25 @@ def reporter(plan: sampler.Plan, progress: Progress, phase: str, unit: int = 1) 
     sampler's status text."""
 
     def report(count, state):
-        status = diagnostics.status_text(plan.mode, plan.expected_reset_rate, state)
+        status = diagnostics.status_text(plan.mode, plan.expected_reset_rate, counters(state))
         progress.update(count * unit, phase, status)
 
     return report
+
+
+class Counters(NamedTuple):
+    """Every member's step count, resets and step size, on the host: what the progress text
+    and the reset check read of a state (not the whole state, which may be large)."""
+
+    i: np.ndarray
+    num_resets: np.ndarray
+    step_size: np.ndarray
+
+
+def counters(state: Any) -> Counters:
+    """A state's :class:`Counters` (with several processes, every process gets every
+    member's: all of them must call this together)."""
+    return Counters(*sharding.to_host((state.i, state.num_resets, state.step_size)))
 
 
 def sample_members(

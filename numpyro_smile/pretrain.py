@@ -336,6 +336,7 @@ def pretrain(
     while done < num_epochs:
         count = min(chunk, num_epochs - done)
         state, train, valid = compiled(state, count, arrays, validation_arrays)
+        train, valid = sharding.to_host((train, valid))  # every process gets all members
         train_curve.append(np.asarray(train)[:count])
         validation_curve.append(np.asarray(valid)[:count])
         done += count
@@ -346,7 +347,7 @@ def pretrain(
     curves = {"train_loss": np.concatenate(train_curve).T}
     if validation_loss is not None:
         curves["validation_loss"] = np.concatenate(validation_curve).T
-        curves["best_epoch"] = np.asarray(state.best_epoch)
+        curves["best_epoch"] = np.asarray(sharding.to_host(state.best_epoch))
     curves["num_epochs"] = np.full(num_members, done)
     return state.best_position, curves
 

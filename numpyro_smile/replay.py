@@ -32,7 +32,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, biject_to
 from numpyro.infer.util import constrain_fn
 
-from numpyro_smile import memory, model_views
+from numpyro_smile import memory, model_views, sharding
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -109,7 +109,37 @@ def map_draws(
 
     Returns:
         ``fn``'s output tree with leading ``(K, S)``, as NumPy arrays.
+
+    With several processes (JAX's distributed runtime) and K a multiple of their count, each
+    process replays its own block of members (:func:`numpyro_smile.sharding.process_members`)
+    and every process gets all of them back: every process must call this with the same
+    draws, at the same point of the program. ``memory_budget`` and ``stats`` are then per
+    process.
     """
+    num_members = jax.tree.leaves(draws)[0].shape[0]
+    block = sharding.process_members(num_members)
+    if block is None:
+        return _map_draws(fn, draws, rng_key, *extra, chunk_size=chunk_size,
+                          memory_budget=memory_budget, stats=stats)  # fmt: skip
+    local = _map_draws(
+        fn, jax.tree.map(lambda a: a[block], draws), rng_key, *extra, first_member=block.start,
+        chunk_size=chunk_size, memory_budget=memory_budget, stats=stats,
+    )  # fmt: skip
+    return sharding.gather_members(local)
+
+
+def _map_draws(
+    fn: Callable,
+    draws: dict,
+    rng_key: jax.Array,
+    *extra: Any,
+    first_member: int = 0,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    stats: dict | None = None,
+) -> dict:
+    """:func:`map_draws` in this process, on the members ``first_member, first_member + 1,
+    ...`` (their keys are those of their place in the whole ensemble)."""
     budget = memory.check_budget(memory_budget)
     num_members, num_draws = jax.tree.leaves(draws)[0].shape[:2]
     total = num_members * num_draws
@@ -143,7 +173,7 @@ def map_draws(
                 "or use fewer data points per call (log_likelihood=m, or evaluate/predict on "
                 "parts of the test set).",
                 ReplayMemoryWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
     else:
         chunk_size = int(min(chunk_size, total))
@@ -160,6 +190,7 @@ def map_draws(
         ids = np.minimum(np.arange(start, start + chunk_size), total - 1)
         chunk = jax.tree.map(lambda a, ids=ids: a[ids], flat)
         members, draw_ids = np.divmod(ids, num_draws)
+        members += first_member
         result = jax.device_get(
             compiled(
                 chunk,

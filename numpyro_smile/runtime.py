@@ -65,14 +65,15 @@ class Progress:
     status line (:meth:`status`). Disabled, it only counts (:meth:`phase_done`).
 
     Args:
-        enabled: ``None``: only on a terminal, and never when ``$CI`` is set.
+        enabled: ``None``: only on a terminal, never when ``$CI`` is set, and with several
+            processes (JAX's distributed runtime) only on process 0.
         file: where to write (default ``sys.stderr``).
     """
 
     def __init__(self, enabled: bool | None, file: Any = None) -> None:
         self._file = sys.stderr if file is None else file
         if enabled is None:
-            enabled = self._file.isatty() and not os.environ.get("CI")
+            enabled = self._file.isatty() and not os.environ.get("CI") and jax.process_index() == 0
         self.enabled = bool(enabled)
         self._bar: Any = None
         self._phase = ""
