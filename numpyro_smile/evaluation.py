@@ -4,7 +4,9 @@ The metrics the MILE and SMILE papers report, computed from an ``InferenceData``
 model replayed on held-out data, with every draw of every member pooled:
 
 * **LPPD**: mean over test points of log((1 / (K S)) sum_{k,s} p(y_i | theta_{k,s})); higher is
-  better. For a deep ensemble (``group="pretrained"``) the K members are the draws.
+  better. For a deep ensemble (``group="pretrained"``) the K members are the draws. A site in
+  several plates (a language model's sequences x tokens) has one point per element: the
+  LPPD is then per token.
 * **regression**: RMSE of the posterior-predictive mean (on the data's scale; standardised
   targets give the papers' numbers), central-interval coverage at each level from the
   probability integral transform u_i = mean_{k,s} F(y_i | theta_{k,s}) (exact for the mixture,
@@ -104,10 +106,14 @@ def evaluate(
         memory_budget=memory_budget,
     )
     result, labels = pointwise.result, pointwise.labels
-    num_draws = int(np.prod(result["log_likelihood"].shape[:2]))
-    metrics: dict[str, Any] = {"lppd": lppd(result["log_likelihood"]), "num_draws": num_draws}
+    # (K, S, n) pointwise values; a site over several plates (e.g. sequences x tokens) has
+    # one value per element, all of them points
+    log_lik = result["log_likelihood"]
+    log_lik = log_lik.reshape(*log_lik.shape[:2], -1)
+    num_draws = int(np.prod(log_lik.shape[:2]))
+    metrics: dict[str, Any] = {"lppd": lppd(log_lik), "num_draws": num_draws}
     if by_member:
-        metrics["member_lppd"] = [lppd(member) for member in result["log_likelihood"]]
+        metrics["member_lppd"] = [lppd(member) for member in log_lik]
     if pointwise.classification:
         probs = _pool(result["probs"]).mean(axis=0)
         metrics["accuracy"] = float(np.mean(probs.argmax(-1) == labels))

@@ -1,11 +1,20 @@
-"""numpyro_smile.datasets: reading a table and the papers' standardise-shuffle-split protocol."""
+"""numpyro_smile.datasets: reading a table and the papers' standardise-shuffle-split protocol,
+text windows for the language model, and MNIST-1D made locally."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from numpyro_smile.datasets import Split, load_table, split_standardize
+from numpyro_smile.datasets import (
+    Split,
+    char_sequences,
+    char_vocabulary,
+    load_mnist1d,
+    load_table,
+    split_standardize,
+    split_text,
+)
 
 N = 50
 
@@ -89,3 +98,72 @@ def test_classification_keeps_integer_labels_and_custom_fractions(table_file):
     assert sorted(np.concatenate([part[1] for part in split])) == sorted(labels)
     with pytest.raises(ValueError, match="fractions must sum to 1"):
         split_standardize(X, labels, seed=0, fractions=(0.7, 0.2, 0.2))
+
+
+# ------------------------------------------------------------------ text windows
+
+
+def test_split_text_by_position():
+    text = "".join(chr(97 + i % 26) for i in range(1000))
+    train, valid, test = split_text(text)
+    assert (len(train), len(valid), len(test)) == (900, 50, 50)
+    assert train + valid + test == text  # contiguous, in order: no shuffling
+    assert [len(p) for p in split_text(text, (0.5, 0.0, 0.5))] == [500, 0, 500]
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_text(text, (0.5, 0.2, 0.2))
+
+
+def test_char_sequences_windows_and_codes():
+    text = "hello world, hello numpyro"
+    vocab = char_vocabulary(text)
+    assert vocab == "".join(sorted(set(text))) and len(vocab) == len(set(text))
+    windows = char_sequences(text, 5)
+    # windows start every 5 characters and hold 6: inputs [:, :-1], targets [:, 1:]
+    assert windows.shape == ((len(text) - 6) // 5 + 1, 6) and windows.dtype == np.int32
+    decoded = ["".join(vocab[i] for i in row) for row in windows]
+    assert decoded == [text[5 * j : 5 * j + 6] for j in range(len(windows))]
+    # every character after the first is a target exactly once (up to the last full window)
+    targets = "".join("".join(vocab[i] for i in row[1:]) for row in windows)
+    assert targets == text[1 : 1 + len(targets)]
+    overlapping = char_sequences(text, 5, stride=1, max_sequences=4)
+    assert overlapping.shape == (4, 6)
+    np.testing.assert_array_equal(overlapping[1, :-1], overlapping[0, 1:])
+    # a held-out part is encoded with the training part's vocabulary
+    np.testing.assert_array_equal(char_sequences("hello!", 2, vocab="!ehlo")[0], [2, 1, 3])
+
+
+def test_char_sequences_errors():
+    with pytest.raises(ValueError, match="outside vocab"):
+        char_sequences("abcz", 2, vocab="abc")
+    with pytest.raises(ValueError, match="shorter than one window"):
+        char_sequences("abc", 3)
+    with pytest.raises(ValueError, match="context and stride must be >= 1"):
+        char_sequences("abcdef", 0)
+
+
+# ------------------------------------------------------------------ MNIST-1D
+
+
+def test_load_mnist1d_is_generated_locally_and_restores_the_global_rng():
+    pytest.importorskip("mnist1d", reason="mnist1d is not installed (pip install mnist1d)")
+    import random
+
+    # the global states that mnist1d's generator seeds are left as they were
+    np.random.seed(123)  # noqa: NPY002
+    random.seed(123)
+    expected = (np.random.random(), random.random())  # noqa: NPY002
+    np.random.seed(123)  # noqa: NPY002
+    random.seed(123)
+    split = load_mnist1d(num_train=120, num_valid=30, num_test=50, seed=3)
+    assert (np.random.random(), random.random()) == expected  # noqa: NPY002
+    assert [part[0].shape for part in split] == [(120, 40), (30, 40), (50, 40)]
+    for X, y in split:
+        assert X.dtype == np.float32 and y.dtype == np.int32 and set(y) <= set(range(10))
+    X = np.concatenate([part[0] for part in split])
+    assert abs(X.mean()) < 0.05 and abs(X.std() - 1) < 0.05  # mnist1d standardises
+    labels = np.concatenate([part[1] for part in split])
+    assert np.all(np.bincount(labels, minlength=10) == 20)  # as many of every digit
+    again = load_mnist1d(num_train=120, num_valid=30, num_test=50, seed=3)
+    np.testing.assert_array_equal(again.test[0], split.test[0])
+    with pytest.raises(ValueError, match="multiple of 10"):
+        load_mnist1d(num_train=101, num_test=50)
