@@ -95,9 +95,11 @@ def load_mnist1d(
     NumPy's and Python's global random state; both are restored afterwards.
 
     Args:
-        num_train, num_test, num_valid: examples in each part, taken in the order training,
+        num_train: training examples. The three parts are taken in the order training,
             validation, test from one generated set; their total must be a multiple of 10
             (the generator makes the same number of every digit).
+        num_test: test examples.
+        num_valid: validation examples.
         seed: the generator's seed.
         dtype: of the ``(n, 40)`` signals; labels are ``int32`` in ``[0, 10)``.
 
