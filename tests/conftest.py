@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import jax
@@ -17,10 +16,10 @@ from numpyro_smile import models
 
 numpyro.set_host_device_count(1)
 
-# The drivers' persistent compilation cache: a fresh directory per test process (identical
-# programs compiled twice in one process load the first's executable; no state is shared
-# with other processes or earlier sessions, and the user's own cache is left alone).
-os.environ.setdefault("NUMPYRO_SMILE_CACHE_DIR", tempfile.mkdtemp(prefix="smile-jax-cache-"))
+# The drivers' persistent compilation cache is off in the suite (writing every executable to
+# disk costs time, and no state may leak between tests, processes or sessions);
+# tests/test_compilation_cache.py turns it on with a temporary directory of its own.
+os.environ.setdefault("NUMPYRO_SMILE_CACHE_DIR", "off")
 
 #: UCI data directory for tests that read real data (not copied into the project).
 DATA_DIR = Path(
