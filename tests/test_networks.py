@@ -8,8 +8,11 @@ that beat chance, not how well they sample (``benchmarks/priors.py`` measures th
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
+import warnings
 from functools import partial
 from types import SimpleNamespace
 
@@ -22,7 +25,7 @@ from numpyro import handlers
 from numpyro.infer.util import log_density
 from scipy import stats
 
-from numpyro_smile import SMILEEnsemble, datasets, memory, models
+from numpyro_smile import ResetWarning, SMILEEnsemble, datasets, memory, models
 
 from .conftest import data_file
 
@@ -78,6 +81,16 @@ def prior_sds(sites: dict) -> set:
         for name, s in sites.items()
         if s["type"] == "sample" and not s["observed"] and name != "y"
     }
+
+
+@contextlib.contextmanager
+def short_run():
+    """Tens of steps end warmup unsettled: resets may exceed what the reset rule explains
+    (a ``ResetWarning``, which tests/test_diagnostics.py checks), not what these tests are
+    about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResetWarning)
+        yield
 
 
 def peak_growth(fn):
@@ -223,17 +236,25 @@ def test_transformer_sites_and_plates(tie_weights):
     np.testing.assert_array_equal(observed, np.asarray(tokens)[np.asarray(idx), 1:])
 
 
-def prior_draw(seed: int = 0, *args, **kwargs) -> dict:
+@functools.cache
+def _prior_sampler(args: tuple, prior: str):
+    sample = partial(models.transformer_params, *args, prior=prior)
+    return jax.jit(lambda key: handlers.seed(sample, key)())
+
+
+def prior_draw(seed: int = 0, args: tuple = (V, T, D, 3), prior: str = "fan_in") -> dict:
     """One prior draw of :func:`transformer_params` (``LM``'s by default), in one compiled
-    call (no forward pass)."""
-    sample = handlers.seed(partial(models.transformer_params, *(args or (V, T, D, 3)), **kwargs), 0)
-    return jax.jit(lambda key: handlers.seed(sample, key)())(jax.random.key(seed))
+    call (no forward pass; compiled once per ``args`` and ``prior``)."""
+    return _prior_sampler(args, prior)(jax.random.key(seed))
+
+
+#: ``LM``'s forward pass, compiled once for the tests that share its shapes.
+APPLY = jax.jit(partial(models.transformer_apply, num_heads=2))
 
 
 def test_transformer_is_causal():
     """Changing token t changes the logits at t and after, never before."""
-    params = prior_draw()
-    apply = jax.jit(partial(models.transformer_apply, num_heads=2))
+    params, apply = prior_draw(), APPLY
     inputs = tokens_data(2)[:, :-1]
     changed = inputs.at[:, 3].set((inputs[:, 3] + 1) % V)
     before, after = apply(params, inputs), apply(params, changed)
@@ -244,9 +265,26 @@ def test_transformer_is_causal():
     np.testing.assert_allclose(apply(params, inputs[:, :4]), before[:, :4], rtol=1e-5)
 
 
+def test_transformer_prior_logit_scale():
+    """Prior predictive: fan-in scaling (the default) gives logits of sd about sqrt 2 (the
+    tied head's 1 and the bias's 1; measured 1.4); N(0, 1) weights make the head's part grow
+    like sqrt(d_model) (measured 2.6 at d_model = 8; 5.7 at 32 in benchmarks/priors.py)."""
+    inputs = tokens_data(2)[:, :-1]  # the shapes of test_transformer_is_causal: one compile
+    sd = {
+        prior: np.mean(
+            [
+                float(jnp.std(APPLY(prior_draw(seed, prior=prior), inputs), -1).mean())
+                for seed in range(4)
+            ]
+        )
+        for prior in ("fan_in", "isotropic")
+    }
+    assert 0.8 < sd["fan_in"] < 2.2 and sd["isotropic"] > 1.5 * sd["fan_in"], sd
+
+
 def test_transformer_minibatch_log_density_by_hand():
     """Joint = prior + N / B x (sum over the B x T tokens of log softmax(logits)[next])."""
-    tokens, params = tokens_data(), prior_draw(seed=3)
+    tokens, params = tokens_data(), prior_draw(3)
 
     @jax.jit
     def joint_and_likelihood(tokens, params):
@@ -312,7 +350,8 @@ def cnn_run():
     )
 
     def run():
-        idata = ensemble.run(jax.random.key(0), *train)
+        with short_run():
+            idata = ensemble.run(jax.random.key(0), *train)
         return idata, ensemble.evaluate(idata, *test)
 
     start = time.perf_counter()
@@ -365,7 +404,8 @@ def transformer_run():
     )
 
     def run():
-        idata = ensemble.run(jax.random.key(1), train)
+        with short_run():
+            idata = ensemble.run(jax.random.key(1), train)
         return idata, ensemble.evaluate(idata, test)
 
     start = time.perf_counter()
@@ -424,7 +464,8 @@ def test_cnn_ensemble_on_mnist1d():
         pretrain_steps=200,
         log_likelihood=False,
     )
-    idata = ensemble.run(jax.random.key(2), *split.train)
+    with short_run():
+        idata = ensemble.run(jax.random.key(2), *split.train)
     assert idata.posterior["conv0_w"].shape == (K, 10, 3, 1, 8)
     assert idata.posterior["dense0_w"].shape == (K, 10, 20 * 8, 32)
     for name, value in idata.posterior.data_vars.items():
@@ -466,9 +507,9 @@ def test_peak_memory_within_budget(family, request):
 # ------------------------------------------------------------------ Shakespeare
 
 
-def test_shakespeare_windows_and_prior_predictive():
-    """The real text: 65 symbols, windows split by position, and the default prior's logits
-    on it are O(1) (the isotropic prior's are sqrt(d_model) larger)."""
+def test_shakespeare_windows():
+    """The real text: 65 symbols, split by position, windows that decode back to the text and
+    are the language model's input (traced abstractly)."""
     text = data_file("shakespeare_simple.txt").read_text()
     vocab = datasets.char_vocabulary(text)
     assert len(vocab) == 65 and len(text) > 1_000_000
@@ -477,9 +518,7 @@ def test_shakespeare_windows_and_prior_predictive():
     windows = datasets.char_sequences(test[:400], 32, vocab=vocab)
     assert windows.shape == (12, 33)
     assert "".join(vocab[i] for i in windows[0]) == test[:33]
-    apply = jax.jit(partial(models.transformer_apply, num_heads=2))
-    sd = {}
-    for prior in ("fan_in", "isotropic"):
-        params = prior_draw(0, 65, 32, 16, 2, prior=prior)
-        sd[prior] = float(jnp.std(apply(params, jnp.asarray(windows[:, :-1])), -1).mean())
-    assert 0.3 < sd["fan_in"] < 3 and sd["isotropic"] > 2 * sd["fan_in"], sd
+    sites = abstract_trace(
+        partial(TEXT_LM, vocab_size=65, context=32, subsample_size=4), jnp.asarray(windows)
+    )
+    assert sites["tok_emb"]["shape"] == (65, 16) and sites["y"]["logits"] == (4, 32, 65)

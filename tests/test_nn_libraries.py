@@ -13,6 +13,7 @@ and each library alone is traced. tests/test_ensemble.py runs an Equinox MLP alo
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import arviz as az
@@ -24,7 +25,7 @@ import pytest
 from numpyro import handlers
 from numpyro.infer import MCMC
 
-from numpyro_smile import SMILE, SMILEEnsemble, evaluate
+from numpyro_smile import SMILE, ResetWarning, SMILEEnsemble, evaluate
 
 N, B, HIDDEN = 300, 50, 8
 PRIOR = dist.Normal(0.0, 1.0)
@@ -153,7 +154,9 @@ def test_smile_under_mcmc():
         chain_method="vectorized",
         progress_bar=False,
     )
-    mcmc.run(jax.random.key(0), *synthetic(N, 0), subsample_size=B)
+    with warnings.catch_warnings():  # a short run: resets are not what this test is about
+        warnings.simplefilter("ignore", ResetWarning)
+        mcmc.run(jax.random.key(0), *synthetic(N, 0), subsample_size=B)
     idata = az.from_dict(posterior=mcmc.get_samples(group_by_chain=True))
     check_draws(idata.posterior, (2, 50))
     metrics = evaluate(model, idata, *synthetic(100, 1))
@@ -170,7 +173,9 @@ def test_smile_ensemble_and_evaluate():
         pretrain_epochs=30,
         log_likelihood=False,  # the replays are the same for any model: tested elsewhere
     )
-    idata = ensemble.run(jax.random.key(1), *synthetic(N, 0))
+    with warnings.catch_warnings():  # a short run: resets are not what this test is about
+        warnings.simplefilter("ignore", ResetWarning)
+        idata = ensemble.run(jax.random.key(1), *synthetic(N, 0))
     check_draws(idata.posterior, (2, 10))
     check_draws(idata.pretrained, (2, 1))
     metrics = ensemble.evaluate(idata, *synthetic(100, 1))
