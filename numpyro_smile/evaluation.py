@@ -11,9 +11,10 @@ model replayed on held-out data, with every draw of every member pooled:
   targets give the papers' numbers), central-interval coverage at each level from the
   probability integral transform u_i = mean_{k,s} F(y_i | theta_{k,s}) (exact for the mixture,
   no predictive sampling), and the calibration error sqrt(mean_levels (coverage - level)^2).
-* **classification**: accuracy of the argmax of the mean predicted probabilities, and the
+* **classification**: accuracy of the argmax of the mean predicted probabilities, the
   expected calibration error (textbook: confidence of the predicted class, ``num_bins`` equal
-  bins; the SMILE code bins the true class's probability instead).
+  bins; the SMILE code bins the true class's probability instead), the multi-class Brier score
+  and, on request, the reliability curve behind the ECE (:func:`reliability_curve`).
 
 With several processes (JAX's distributed runtime) each process replays its own block of the
 members and every process gets every metric (:func:`numpyro_smile.replay.map_draws`): call
@@ -36,7 +37,15 @@ from numpyro_smile import model_views, replay
 if TYPE_CHECKING:  # ArviZ takes seconds to import; only its type is needed here
     import arviz as az
 
-__all__ = ["evaluate", "expected_calibration_error", "lppd", "predict"]
+__all__ = [
+    "ReliabilityCurve",
+    "brier_score",
+    "evaluate",
+    "expected_calibration_error",
+    "lppd",
+    "predict",
+    "reliability_curve",
+]
 
 
 def lppd(log_likelihood: np.ndarray) -> float:
@@ -46,18 +55,128 @@ def lppd(log_likelihood: np.ndarray) -> float:
     return float(np.mean(logsumexp(pooled, axis=0) - np.log(pooled.shape[0])))
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> float:
-    """ECE of ``(n, C)`` predicted probabilities: sum over equal-width confidence bins of
-    (bin share) x |accuracy - mean confidence|."""
+class ReliabilityCurve(NamedTuple):
+    """A reliability diagram's data: per equal-width bin of the predicted class's confidence,
+    the mean confidence against the accuracy (a calibrated classifier has them equal).
+
+    Attributes:
+        bin_edges: ``(num_bins + 1,)`` bin edges, 0 to 1.
+        confidence: ``(num_bins,)`` mean confidence (the predicted class's probability) of the
+            points in each bin; NaN for an empty bin.
+        accuracy: ``(num_bins,)`` share of the points in each bin whose predicted class is the
+            label; NaN for an empty bin.
+        count: ``(num_bins,)`` number of points in each bin (integers).
+    """
+
+    bin_edges: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    count: np.ndarray
+
+
+def reliability_curve(
+    probs: np.ndarray, labels: np.ndarray, num_bins: int = 10
+) -> ReliabilityCurve:
+    """Reliability diagram of predicted class probabilities: accuracy against confidence.
+
+    Points are binned by the confidence of their predicted class (the argmax), in ``num_bins``
+    equal-width bins of [0, 1] (a confidence of exactly 1 falls in the last bin), the binning of
+    :func:`expected_calibration_error`: ``ECE = sum_b count_b / n |accuracy_b - confidence_b|``
+    over the non-empty bins.
+
+    Args:
+        probs: ``(..., C)`` predicted probabilities of C classes (for a Bernoulli site,
+            ``(P(y = 0), P(y = 1))``); all leading axes are points.
+        labels: ``(...)`` integer labels in ``[0, C)``, the shape of ``probs`` without its last
+            axis.
+        num_bins: number of equal-width confidence bins (at least 1).
+
+    Returns:
+        A :class:`ReliabilityCurve`; ``curve._asdict()`` gives its fields by name.
+    """
+    probs, labels = _check_classification(probs, labels)
+    if int(num_bins) != num_bins or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}.")
+    num_bins = int(num_bins)
     confidence = probs.max(axis=-1)
     correct = probs.argmax(axis=-1) == labels
+    # binned in the probabilities' own precision, so a bin edge falls where it always has
     bins = np.minimum((confidence * num_bins).astype(int), num_bins - 1)
-    error = 0.0
-    for b in range(num_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(error)
+    confidence = confidence.astype(np.float64)
+    count = np.bincount(bins, minlength=num_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins: 0 / 0 = NaN
+        mean_confidence = np.bincount(bins, confidence, num_bins) / count
+        accuracy = np.bincount(bins, correct.astype(np.float64), num_bins) / count
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    return ReliabilityCurve(edges, mean_confidence, accuracy, count)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> float:
+    """Expected calibration error of predicted class probabilities.
+
+    The textbook ECE: sum over ``num_bins`` equal-width bins of the predicted class's
+    confidence of (share of points in the bin) x |accuracy - mean confidence|, from
+    :func:`reliability_curve`. 0 for a calibrated classifier; at most 1.
+
+    Args:
+        probs: ``(..., C)`` predicted probabilities; all leading axes are points.
+        labels: ``(...)`` integer labels in ``[0, C)``.
+        num_bins: number of equal-width confidence bins.
+
+    Returns:
+        The ECE, a float in [0, 1].
+    """
+    curve = reliability_curve(probs, labels, num_bins)
+    share = curve.count / curve.count.sum()
+    gap = np.abs(curve.accuracy - curve.confidence)
+    return float(np.sum(share[curve.count > 0] * gap[curve.count > 0]))
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class Brier score of predicted class probabilities; lower is better.
+
+    Mean over points of ``sum_c (p_c - 1[y = c])^2``: the squared error of the probability
+    vector against the one-hot label, summed over all C classes (Brier's original definition),
+    so it lies in [0, 2]. A Bernoulli site's probabilities are stacked to two classes
+    ``(1 - p, p)``, which gives twice the binary convention ``mean (p - y)^2``.
+
+    Args:
+        probs: ``(..., C)`` predicted probabilities; all leading axes are points.
+        labels: ``(...)`` integer labels in ``[0, C)``.
+
+    Returns:
+        The Brier score, a float in [0, 2].
+    """
+    probs, labels = _check_classification(probs, labels)
+    probs = probs.astype(np.float64)
+    true_prob = np.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
+    # sum_c (p_c - 1[y = c])^2 = sum_c p_c^2 - 2 p_y + 1
+    return float(np.mean(np.sum(probs**2, axis=-1) - 2.0 * true_prob + 1.0))
+
+
+def _check_classification(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """``(..., C)`` probabilities and ``(...)`` labels as ``(n, C)`` and ``(n,)`` arrays."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    if probs.ndim < 1 or probs.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"probs must have the labels' shape plus a class axis: got probs {probs.shape} "
+            f"and labels {labels.shape}; pass probs (..., C) with labels (...)."
+        )
+    num_classes = probs.shape[-1]
+    labels = labels.reshape(-1).astype(np.int64) if labels.dtype == bool else labels.reshape(-1)
+    # integer-valued floats are labels too (a Bernoulli site observes 0.0 and 1.0)
+    if labels.size and (
+        not np.all(np.isfinite(labels))
+        or np.any(labels != np.round(labels))
+        or labels.min() < 0
+        or labels.max() >= num_classes
+    ):
+        raise ValueError(
+            f"labels must be integers in [0, {num_classes}) for {num_classes} classes; got "
+            f"values in [{labels.min()}, {labels.max()}] of dtype {labels.dtype}."
+        )
+    labels = labels.astype(np.int64)
+    return probs.reshape(-1, num_classes), labels
 
 
 def evaluate(
@@ -70,6 +189,7 @@ def evaluate(
     num_bins: int = 10,
     memory_budget: int | None = None,
     by_member: bool = False,
+    reliability: bool = False,
     **model_kwargs: Any,
 ) -> dict[str, Any]:
     """Test metrics of the draws in ``idata[group]`` on held-out data.
@@ -89,11 +209,16 @@ def evaluate(
         by_member: also return ``"member_lppd"``, each member's (chain's) own LPPD over its
             draws, a list of K floats: the pooled LPPD hides a member that left the data (its
             density vanishes from the mixture at a cost of at most log K).
+        reliability: also return ``"reliability"`` (classification): the
+            :func:`reliability_curve` of the pooled probabilities over ``num_bins`` bins, as a
+            dict of lists (``"bin_edges"``, ``"confidence"``, ``"accuracy"``, ``"count"``;
+            NaN for an empty bin), ready for ``json.dumps`` and for drawing the diagram.
 
     Returns:
         ``{"lppd", "num_draws"}`` plus, for a continuous likelihood, ``"rmse"``,
         ``"coverage_<level%>"`` and ``"calibration_error"``; for a likelihood with class
-        probabilities (categorical, Bernoulli), ``"accuracy"`` and ``"ece"``.
+        probabilities (categorical, Bernoulli), ``"accuracy"``, ``"ece"`` and ``"brier"``
+        (:func:`brier_score`, summed over classes).
     """
     pointwise = _pointwise(
         model,
@@ -118,7 +243,18 @@ def evaluate(
         probs = _pool(result["probs"]).mean(axis=0)
         metrics["accuracy"] = float(np.mean(probs.argmax(-1) == labels))
         metrics["ece"] = expected_calibration_error(probs, labels, num_bins)
+        metrics["brier"] = brier_score(probs, labels)
+        if reliability:
+            curve = reliability_curve(probs, labels, num_bins)
+            metrics["reliability"] = {
+                name: np.asarray(v).tolist() for name, v in curve._asdict().items()
+            }
         return metrics
+    if reliability:
+        raise ValueError(
+            f"reliability=True needs class probabilities, but {pointwise.site!r} is a continuous "
+            "likelihood; its calibration is in the coverage metrics (drop reliability=True)."
+        )
     mean = _pool(result["mean"]).mean(axis=0)
     metrics["rmse"] = float(np.sqrt(np.mean((labels - mean) ** 2)))
     if "cdf" in result:
@@ -203,6 +339,7 @@ class _Pointwise(NamedTuple):
     labels: np.ndarray | None  # the observed values (None when not given)
     classification: bool
     has_observations: bool
+    site: str  # the scored site
 
 
 def _pointwise(
@@ -269,7 +406,7 @@ def _pointwise(
 
     key = jax.random.key(0) if key is None else key
     result = replay.map_draws(per_draw, draws, key, *arrays, memory_budget=memory_budget)
-    return _Pointwise(result, labels, classification, has_observations)
+    return _Pointwise(result, labels, classification, has_observations, site)
 
 
 def _pool(values: np.ndarray) -> np.ndarray:
