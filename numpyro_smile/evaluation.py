@@ -148,10 +148,10 @@ def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
         The Brier score, a float in [0, 2].
     """
     probs, labels = _check_classification(probs, labels)
-    probs = probs.astype(np.float64)
-    true_prob = np.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
-    # sum_c (p_c - 1[y = c])^2 = sum_c p_c^2 - 2 p_y + 1
-    return float(np.mean(np.sum(probs**2, axis=-1) - 2.0 * true_prob + 1.0))
+    true_prob = np.take_along_axis(probs, labels[:, None], axis=-1)[:, 0].astype(np.float64)
+    # sum_c (p_c - 1[y = c])^2 = sum_c p_c^2 - 2 p_y + 1, with no (n, C) temporary
+    squares = np.einsum("nc,nc->n", probs, probs).astype(np.float64)
+    return float(np.mean(squares - 2.0 * true_prob + 1.0))
 
 
 def _check_classification(probs, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -220,27 +220,37 @@ def evaluate(
         probabilities (categorical, Bernoulli), ``"accuracy"``, ``"ece"`` and ``"brier"``
         (:func:`brier_score`, summed over classes).
     """
-    pointwise = _pointwise(
-        model,
-        idata,
-        model_args,
-        model_kwargs,
-        group,
-        site,
-        replicate=False,
-        memory_budget=memory_budget,
-    )
-    result, labels = pointwise.result, pointwise.labels
-    # (K, S, n) pointwise values; a site over several plates (e.g. sequences x tokens) has
-    # one value per element, all of them points
-    log_lik = result["log_likelihood"]
-    log_lik = log_lik.reshape(*log_lik.shape[:2], -1)
-    num_draws = int(np.prod(log_lik.shape[:2]))
-    metrics: dict[str, Any] = {"lppd": lppd(log_lik), "num_draws": num_draws}
+    replay_ = _prepare(model, idata, model_args, model_kwargs, group, site)
+    if reliability and not replay_.classification:
+        raise ValueError(
+            f"reliability=True needs class probabilities, but {replay_.site!r} is a continuous "
+            "likelihood; its calibration is in the coverage metrics (drop reliability=True)."
+        )
+    if not replay_.has_observations:
+        raise ValueError(
+            f"evaluate scores observations, but the model's site {replay_.site!r} has none: "
+            "pass the held-out observations (e.g. evaluate(model, idata, X_test, y_test))."
+        )
+    outputs = {"log_likelihood": "member_logmeanexp"}
+    if replay_.classification:
+        outputs["probs"] = "mean"
+    else:
+        outputs["mean"] = "mean"
+        if replay_.has_cdf:
+            outputs["cdf"] = "mean"
+    result = _replay(replay_, outputs, jax.random.key(0), memory_budget)
+    labels = replay_.labels
+    # (K, n) per member log predictive densities; a site over several plates (e.g.
+    # sequences x tokens) has one value per element, all of them points
+    member_log_density = result["log_likelihood"].reshape(replay_.num_members, -1)
+    metrics: dict[str, Any] = {
+        "lppd": float(np.mean(_pool_members(member_log_density))),
+        "num_draws": replay_.num_members * replay_.num_draws,
+    }
     if by_member:
-        metrics["member_lppd"] = [lppd(member) for member in log_lik]
-    if pointwise.classification:
-        probs = _pool(result["probs"]).mean(axis=0)
+        metrics["member_lppd"] = [float(np.mean(member)) for member in member_log_density]
+    if replay_.classification:
+        probs = result["probs"]
         metrics["accuracy"] = float(np.mean(probs.argmax(-1) == labels))
         metrics["ece"] = expected_calibration_error(probs, labels, num_bins)
         metrics["brier"] = brier_score(probs, labels)
@@ -250,15 +260,10 @@ def evaluate(
                 name: np.asarray(v).tolist() for name, v in curve._asdict().items()
             }
         return metrics
-    if reliability:
-        raise ValueError(
-            f"reliability=True needs class probabilities, but {pointwise.site!r} is a continuous "
-            "likelihood; its calibration is in the coverage metrics (drop reliability=True)."
-        )
-    mean = _pool(result["mean"]).mean(axis=0)
+    mean = result["mean"]
     metrics["rmse"] = float(np.sqrt(np.mean((labels - mean) ** 2)))
     if "cdf" in result:
-        pit = _pool(result["cdf"]).mean(axis=0)
+        pit = result["cdf"]
         squared = []
         for level in coverage_levels:
             coverage = float(np.mean(np.abs(pit - 0.5) <= level / 2))
@@ -306,46 +311,61 @@ def predict(
     """
     if any(not 0.0 < q < 1.0 for q in quantiles):
         raise ValueError(f"quantiles must lie in (0, 1), got {tuple(quantiles)}.")
-    replicate = bool(quantiles)
-    pointwise = _pointwise(
-        model,
-        idata,
-        model_args,
-        model_kwargs,
-        group,
-        site,
-        replicate=replicate,
-        key=rng_key,
-        memory_budget=memory_budget,
-    )
-    result = pointwise.result
+    replay_ = _prepare(model, idata, model_args, model_kwargs, group, site)
+    outputs = {}
+    if replay_.has_observations:
+        outputs["log_likelihood"] = "member_logmeanexp"
+    if replay_.classification:
+        outputs["probs"] = "mean"
+    else:
+        outputs["mean"] = "mean_variance"
+        outputs["variance"] = "mean"
+        if quantiles:
+            outputs["replicate"] = "draws"
+    key = jax.random.key(0) if rng_key is None else rng_key
+    result = _replay(replay_, outputs, key, memory_budget)
     out = {}
-    if pointwise.has_observations:
-        pooled = _pool(result["log_likelihood"])
-        out["log_density"] = np.asarray(logsumexp(pooled, axis=0) - np.log(pooled.shape[0]))
-    if pointwise.classification:
-        out["probs"] = _pool(result["probs"]).mean(axis=0)
+    if replay_.has_observations:
+        out["log_density"] = _pool_members(result["log_likelihood"])
+    if replay_.classification:
+        out["probs"] = result["probs"]
         return out
-    means, variances = _pool(result["mean"]), _pool(result["variance"])
-    out["mean"] = means.mean(axis=0)
-    out["sd"] = np.sqrt(variances.mean(axis=0) + means.var(axis=0))
-    if replicate:
-        out["quantiles"] = np.quantile(_pool(result["replicate"]), np.asarray(quantiles), axis=0)
+    mean, variance_of_means = result["mean"]
+    out["mean"] = mean
+    out["sd"] = np.sqrt(result["variance"] + variance_of_means)
+    if quantiles:
+        replicates = result["replicate"]
+        pooled = replicates.reshape(-1, *replicates.shape[2:])
+        out["quantiles"] = np.quantile(pooled, np.asarray(quantiles), axis=0)
     return out
 
 
-class _Pointwise(NamedTuple):
-    result: dict  # per-draw outputs, leading (K, S)
-    labels: np.ndarray | None  # the observed values (None when not given)
-    classification: bool
-    has_observations: bool
+class _Replay(NamedTuple):
+    """What the metrics replay: the model's view, the draws and the scored site."""
+
+    view: Callable  # the model on all held-out points of every subsample plate
+    draws: dict  # latent values, leading (K, S)
+    arrays: list  # the array arguments of the model (the held-out data)
+    bind: Callable  # arrays -> (model_args, model_kwargs)
     site: str  # the scored site
+    labels: np.ndarray | None  # its observed values (None when not given)
+    classification: bool  # a likelihood with class probabilities
+    has_observations: bool
+    has_cdf: bool  # a continuous likelihood with a CDF (regression coverage)
+    points: replay.PointAxis | None  # the site's points along a subsample plate, if any
+    chunk_view: Callable | None  # (indices) -> the model on those points of that plate
+
+    @property
+    def num_members(self) -> int:
+        return int(jax.tree.leaves(self.draws)[0].shape[0])
+
+    @property
+    def num_draws(self) -> int:
+        return int(jax.tree.leaves(self.draws)[0].shape[1])
 
 
-def _pointwise(
-    model, idata, model_args, model_kwargs, group, site, replicate, key=None, memory_budget=None
-) -> _Pointwise:
-    """Replay every draw of ``idata[group]`` on the data and collect what the metrics need."""
+def _prepare(model, idata, model_args, model_kwargs, group, site) -> _Replay:
+    """Check the draws and the held-out data, and find the scored site and its points."""
     if group not in idata.groups():
         raise ValueError(f"idata has no {group!r} group; it has {idata.groups()}.")
     model_views.check_finite_data(model_args, model_kwargs)
@@ -381,14 +401,50 @@ def _pointwise(
         has_observations and not fn.support.is_discrete and _has_cdf(fn, prior_trace[site]["value"])
     )
     arrays, bind = model_views.split_model_args(model_args, model_kwargs)
+    points, chunk_view = _site_points(model, plates, prior_trace[site])
+    return _Replay(
+        view, draws, arrays, bind, site, labels, classification, has_observations, has_cdf,
+        points, chunk_view,
+    )  # fmt: skip
 
-    def per_draw(params, key, *arrays):
-        args, kwargs = bind(arrays)
+
+def _site_points(model, plates, model_site):
+    """The scored site's points along its (largest) subsample plate, and the model view on
+    given indices of that plate (all points of the others): the replay may then split the
+    held-out points into chunks. ``(None, None)`` for a site in no subsample plate."""
+    batch_ndim = len(model_site["fn"].batch_shape)
+    frames = [
+        frame
+        for frame in model_site.get("cond_indep_stack", ())
+        if frame.name in plates and 0 <= batch_ndim + frame.dim
+    ]
+    if not frames:
+        return None, None
+    frame = max(frames, key=lambda f: f.size)
+    others = {name: plate for name, plate in plates.items() if name != frame.name}
+    rest = model_views.full_data_model(model, others)
+
+    def chunk_view(indices):
+        return model_views.fixed_indices_model(rest, {frame.name: indices})
+
+    return replay.PointAxis(int(frame.size), batch_ndim + frame.dim), chunk_view
+
+
+def _replay(replay_: _Replay, outputs: dict[str, str], key, memory_budget) -> dict:
+    """Replay every draw on the held-out data and reduce ``outputs`` (``{name: kind}``, see
+    :func:`numpyro_smile.replay.map_draws`) over the draws as they come."""
+    site, classification, has_observations = (
+        replay_.site, replay_.classification, replay_.has_observations
+    )  # fmt: skip
+
+    def per_draw(params, key, indices, *arrays):
+        args, kwargs = replay_.bind(arrays)
+        view = replay_.view if indices is None else replay_.chunk_view(indices)
         model_site = replay.trace_model(view, params, args, kwargs, key)[site]
         site_fn, value = _elementwise(model_site["fn"]), model_site["value"]
         shape = jnp.shape(value)
         out = {}
-        if has_observations:
+        if has_observations and "log_likelihood" in outputs:
             out["log_likelihood"] = model_site["fn"].log_prob(value)
         if classification:
             probs = site_fn.probs
@@ -396,22 +452,37 @@ def _pointwise(
                 probs = jnp.stack([1 - probs, probs], -1)
             out["probs"] = jnp.broadcast_to(probs, (*shape, probs.shape[-1]))
             return out
-        out["mean"] = jnp.broadcast_to(site_fn.mean, shape)
-        out["variance"] = jnp.broadcast_to(site_fn.variance, shape)
-        if has_cdf:
+        if "mean" in outputs:
+            out["mean"] = jnp.broadcast_to(site_fn.mean, shape)
+        if "variance" in outputs:
+            out["variance"] = jnp.broadcast_to(site_fn.variance, shape)
+        if "cdf" in outputs:
             out["cdf"] = jnp.broadcast_to(site_fn.cdf(value), shape)
-        if replicate:
+        if "replicate" in outputs:
             out["replicate"] = model_site["fn"].sample(jax.random.fold_in(key, 1))
         return out
 
-    key = jax.random.key(0) if key is None else key
-    result = replay.map_draws(per_draw, draws, key, *arrays, memory_budget=memory_budget)
-    return _Pointwise(result, labels, classification, has_observations, site)
+    points = replay_.points
+    if points is None:
+
+        def per_draw_all(params, key, *arrays):
+            return per_draw(params, key, None, *arrays)
+
+        return replay.map_draws(
+            per_draw_all, replay_.draws, key, *replay_.arrays,
+            memory_budget=memory_budget, reduce=outputs,
+        )  # fmt: skip
+    return replay.map_draws(
+        per_draw, replay_.draws, key, *replay_.arrays,
+        memory_budget=memory_budget, reduce=outputs, points=points,
+    )  # fmt: skip
 
 
-def _pool(values: np.ndarray) -> np.ndarray:
-    """``(K, S, ...) -> (K S, ...)``: all draws of all members as one mixture."""
-    return values.reshape(-1, *values.shape[2:])
+def _pool_members(member_log_density: np.ndarray) -> np.ndarray:
+    """``(K, ...)`` members' log predictive densities (each over its own S draws, equally
+    many) -> the log density of their equal-weight mixture, ``(...)``: all draws pooled."""
+    pooled = logsumexp(member_log_density, axis=0) - np.log(member_log_density.shape[0])
+    return np.asarray(pooled)
 
 
 def _elementwise(fn):
