@@ -16,6 +16,17 @@ model replayed on held-out data, with every draw of every member pooled:
   bins; the SMILE code bins the true class's probability instead), the multi-class Brier score
   and, on request, the reliability curve behind the ECE (:func:`reliability_curve`).
 
+Memory: the draws are never collected. Each chunk of draws is reduced inside the compiled
+replay and added to running float64 summaries on the host (:mod:`numpyro_smile.reductions`:
+sums of probabilities, means, variances and CDF values over all draws, a log-sum-exp of the
+pointwise likelihood per member), so a call holds one chunk's replay plus n x C + K x n
+numbers for n test points and C classes, not the K x S x n x C of every draw (20 GB for a char
+transformer on 10^5 test tokens, 65 classes and 800 draws). Where one draw on all n test
+points would exceed ``memory_budget`` (a network's activations: attention maps), the points
+of the scored site's subsample plate are replayed in chunks too; the model must then take its
+data through ``numpyro.subsample`` in that plate, as mini-batching requires anyway. Only
+:func:`predict`'s ``quantiles`` keep one replicate per draw and point.
+
 With several processes (JAX's distributed runtime) each process replays its own block of the
 members and every process gets every metric (:func:`numpyro_smile.replay.map_draws`): call
 :func:`evaluate` and :func:`predict` on every process, with the same data.
@@ -204,8 +215,10 @@ def evaluate(
         coverage_levels: central predictive-interval levels for regression coverage.
         num_bins: confidence bins of the expected calibration error (classification).
         memory_budget: bytes one chunk of the replay may hold at its peak, the network's
-            activations on all held-out points included (default 256 MiB; see
-            :func:`numpyro_smile.replay.map_draws`).
+            activations included (default 256 MiB; see :func:`numpyro_smile.replay.map_draws`).
+            Chunks hold several draws; where one draw on all held-out points does not fit,
+            chunks of the points of the site's subsample plate. Beyond the chunk, the call
+            holds running summaries of n x C numbers (see the module docstring).
         by_member: also return ``"member_lppd"``, each member's (chain's) own LPPD over its
             draws, a list of K floats: the pooled LPPD hides a member that left the data (its
             density vanishes from the mixture at a cost of at most log K).
@@ -297,10 +310,14 @@ def predict(
         site: the observed site to summarise, as in :func:`evaluate`.
         quantiles: levels in (0, 1) of the predictive quantiles to return (continuous
             likelihoods), estimated from one replicate of ``site`` per draw, e.g.
-            ``(0.05, 0.5, 0.95)`` for a 90 percent band and the median.
-        rng_key: key of the replicates (default ``jax.random.key(0)``).
+            ``(0.05, 0.5, 0.95)`` for a 90 percent band and the median. The replicates are
+            kept until the end: K x S x n numbers (the other summaries are reduced as the
+            draws come).
+        rng_key: key of the replicates (default ``jax.random.key(0)``). Replicates do not
+            depend on the chunks of draws; where the points are chunked (see
+            ``memory_budget``) each chunk of points folds in its number.
         memory_budget: bytes one chunk of the replay may hold at its peak, as in
-            :func:`evaluate`.
+            :func:`evaluate` (chunks of draws, and of points where one draw does not fit).
 
     Returns:
         For a likelihood with class probabilities: ``"probs"``, ``(n, C)`` mean predicted
