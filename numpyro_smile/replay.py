@@ -10,7 +10,10 @@ share, and nothing here imports ArviZ or xarray:
 * tracing a model with its latent sites set to one draw (:func:`trace_model`);
 * mapping a function over every (member, draw) pair in chunks whose estimated peak memory,
   intermediate activations included, fits a budget, onto host memory (:func:`map_draws`,
-  :class:`ReplayMemoryWarning`, :data:`CHUNK_ELEMENTS`);
+  :class:`ReplayMemoryWarning`, :data:`CHUNK_ELEMENTS`), or reducing its outputs over the
+  draws chunk by chunk (``reduce=``, :mod:`numpyro_smile.reductions`) and, where one draw on
+  all data points does not fit, over chunks of the points too (``points=``,
+  :class:`PointAxis`);
 * the per-draw functions replayed that way: pointwise log-likelihoods and predictive
   replicates of the observed sites (:func:`observations_fn`, :func:`observed_sites`,
   :func:`likelihood_view`) and constrained latent values (:func:`constrain_draws`);
