@@ -105,6 +105,45 @@ def test_streamed_reductions_equal_collect_then_reduce():
         replay.map_draws(fn, draws, jax.random.key(0), reduce={"lme": "member_logmeanexp"})
 
 
+def test_points_are_chunked_when_one_draw_does_not_fit():
+    """Chunks of points, the last one padded, reassembled for every kind (kept draws too)."""
+    draws = {"x": np.linspace(-1, 1, 2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)}
+    data = jnp.linspace(-2, 2, 50_001)  # one draw: a (50001, 4) intermediate, 0.8 MiB
+
+    def fn(draw, key, indices, data):
+        points = data if indices is None else data[indices]
+        value = jnp.sum(jnp.tanh(points[:, None] * draw["x"][None, :]), -1)
+        return {"lme": value, "mean": value, "mv": value, "keep": value}
+
+    reduce = {"lme": "member_logmeanexp", "mean": "mean", "mv": "mean_variance", "keep": "draws"}
+    points = replay.PointAxis(50_001, 0)
+    whole, chunked = {}, {}
+    expected = replay.map_draws(
+        fn, draws, jax.random.key(0), data, reduce=reduce, points=points, stats=whole
+    )
+    out = replay.map_draws(
+        fn, draws, jax.random.key(0), data, reduce=reduce, points=points, stats=chunked,
+        memory_budget=BUDGET,
+    )  # fmt: skip
+    assert whole["num_point_chunks"] == 1 and chunked["num_point_chunks"] > 1, chunked
+    assert 50_001 % chunked["point_chunk_size"] != 0, chunked  # the last chunk is padded
+    assert out["keep"].shape == (2, 3, 50_001)
+    for name in ("lme", "mean", "keep"):
+        np.testing.assert_allclose(out[name], expected[name], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out["mv"], expected["mv"], rtol=1e-5, atol=1e-6)
+
+    def ignores_indices(draw, key, indices, data):
+        return fn(draw, key, None, data)
+
+    with pytest.raises(ValueError, match="fn must return its outputs on the given point"):
+        replay.map_draws(
+            ignores_indices, draws, jax.random.key(0), data, reduce=reduce, points=points,
+            memory_budget=BUDGET,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="needs reduce="):
+        replay.map_draws(fn, draws, jax.random.key(0), data, points=points)
+
+
 def test_chunked_classification_equals_the_naive_reference(case, monkeypatch):
     """Chunks of draws and of test points (one draw on all N points exceeds the budget)."""
     X, draws, y, _ = case
