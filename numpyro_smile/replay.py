@@ -10,7 +10,10 @@ share, and nothing here imports ArviZ or xarray:
 * tracing a model with its latent sites set to one draw (:func:`trace_model`);
 * mapping a function over every (member, draw) pair in chunks whose estimated peak memory,
   intermediate activations included, fits a budget, onto host memory (:func:`map_draws`,
-  :class:`ReplayMemoryWarning`, :data:`CHUNK_ELEMENTS`);
+  :class:`ReplayMemoryWarning`, :data:`CHUNK_ELEMENTS`), or reducing its outputs over the
+  draws chunk by chunk (``reduce=``, :mod:`numpyro_smile.reductions`) and, where one draw on
+  all data points does not fit, over chunks of the points too (``points=``,
+  :class:`PointAxis`);
 * the per-draw functions replayed that way: pointwise log-likelihoods and predictive
   replicates of the observed sites (:func:`observations_fn`, :func:`observed_sites`,
   :func:`likelihood_view`) and constrained latent values (:func:`constrain_draws`);
@@ -23,7 +26,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +36,11 @@ from numpyro import handlers
 from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, biject_to
 from numpyro.infer.util import constrain_fn
 
-from numpyro_smile import memory, model_views, sharding
+from numpyro_smile import memory, model_views, reductions, sharding
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "PointAxis",
     "ReplayMemoryWarning",
     "constrain_draws",
     "identity_sites",
@@ -80,6 +85,19 @@ class ReplayMemoryWarning(UserWarning):
     """One draw's replay needs more memory than the budget allows (it runs anyway)."""
 
 
+class PointAxis(NamedTuple):
+    """The data points of a replay's outputs, over which :func:`map_draws` may chunk.
+
+    Attributes:
+        size: the number of points.
+        axis: their axis in every per-draw output of the replayed function (counted from the
+            left, without the draw axes).
+    """
+
+    size: int
+    axis: int
+
+
 def map_draws(
     fn: Callable,
     draws: dict,
@@ -88,6 +106,8 @@ def map_draws(
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     stats: dict | None = None,
+    reduce: dict[str, str] | None = None,
+    points: PointAxis | None = None,
 ) -> dict:
     """Apply ``fn(draw, key, *extra) -> pytree`` to every draw, in chunks, onto host memory.
 
@@ -104,11 +124,28 @@ def map_draws(
         memory_budget: bytes one chunk may hold at its peak (default
             :data:`numpyro_smile.memory.DEFAULT_REPLAY_BUDGET`, 256 MiB). When a single draw
             needs more, chunks hold one draw and a :class:`ReplayMemoryWarning` says so.
-        stats: a dict to receive ``chunk_size``, ``num_chunks`` and ``chunk_peak_bytes`` (the
-            estimated peak of one chunk).
+        stats: a dict to receive ``chunk_size``, ``num_chunks`` (compiled calls) and
+            ``chunk_peak_bytes`` (the estimated peak of one chunk); with ``reduce``, also
+            ``point_chunk_size`` and ``num_point_chunks``.
+        reduce: ``{name: kind}`` for ``fn`` returning a dict of arrays with these keys: each
+            output is reduced over the draws chunk by chunk, inside the compiled call and then
+            on the host in float64 (:mod:`numpyro_smile.reductions`), so memory holds one
+            result per point, not one per draw. Kinds: ``"mean"`` (over all draws of all
+            members), ``"mean_variance"`` (a pair: mean and variance over all draws),
+            ``"member_logmeanexp"`` (``(K, ...)``: per member, log mean exp over its draws)
+            and ``"draws"`` (kept: ``(K, S, ...)``). Equal to reducing ``map_draws``'s full
+            output afterwards, to float rounding.
+        points: with ``reduce``, the points of every output (:class:`PointAxis`: how many,
+            and their axis in ``fn``'s per-draw outputs) when the replay may be split over
+            them: ``fn`` then takes ``(draw, key, indices, *extra)`` and returns its outputs
+            on the points ``indices`` (an int32 array; ``None``: all of them). Points are
+            split only when one draw on all of them exceeds the budget, into equal chunks
+            (the last one padded: one compilation); draw (k, s) then gets its key folded
+            with the chunk's number too.
 
     Returns:
-        ``fn``'s output tree with leading ``(K, S)``, as NumPy arrays.
+        ``fn``'s output tree with leading ``(K, S)``, as NumPy arrays; with ``reduce``, the
+        dict of reduced outputs (a ``(mean, variance)`` tuple for ``"mean_variance"``).
 
     With several processes (JAX's distributed runtime) and K a multiple of their count, each
     process replays its own block of members (:func:`numpyro_smile.sharding.process_members`)
@@ -118,6 +155,13 @@ def map_draws(
     """
     num_members = jax.tree.leaves(draws)[0].shape[0]
     block = sharding.process_members(num_members)
+    if reduce is not None:
+        return _reduce_draws(
+            fn, draws, rng_key, *extra, block=block, chunk_size=chunk_size,
+            memory_budget=memory_budget, stats=stats, reduce=reduce, points=points,
+        )  # fmt: skip
+    if points is not None:
+        raise ValueError("map_draws(points=...) needs reduce={output: kind} too.")
     if block is None:
         return _map_draws(fn, draws, rng_key, *extra, chunk_size=chunk_size,
                           memory_budget=memory_budget, stats=stats)  # fmt: skip
@@ -157,27 +201,7 @@ def _map_draws(
         ids = jax.ShapeDtypeStruct((size,), jnp.int32)
         return memory.peak_live_bytes(run_chunk, chunk, ids, ids, rng_key, *extra)
 
-    if chunk_size is None:
-        # A vmapped program's peak grows linearly with the draws: fixed + per_draw * chunk.
-        one, two = chunk_peak(1), chunk_peak(2)
-        per_draw, fixed = max(1, two - one), max(0, 2 * one - two)
-        # Headroom for what the estimate cannot see (allocator rounding, runtime scratch).
-        chunk_size = max(1, (int(memory.HEADROOM * budget) - fixed) // per_draw)
-        chunk_size = int(min(chunk_size, total))
-        estimate = fixed + per_draw * chunk_size
-        if one > budget:
-            warnings.warn(
-                f"Replaying one draw on all data points needs about {one / 2**20:.0f} MiB "
-                f"(intermediate activations included), more than the memory budget of "
-                f"{budget / 2**20:.0f} MiB; it runs one draw at a time. Raise memory_budget, "
-                "or use fewer data points per call (log_likelihood=m, or evaluate/predict on "
-                "parts of the test set).",
-                ReplayMemoryWarning,
-                stacklevel=3,
-            )
-    else:
-        chunk_size = int(min(chunk_size, total))
-        estimate = chunk_peak(chunk_size) if stats is not None else None
+    chunk_size, estimate = _draws_per_chunk(chunk_peak, budget, total, chunk_size, stats)
     if stats is not None:
         stats.update(
             chunk_size=chunk_size, num_chunks=-(-total // chunk_size), chunk_peak_bytes=estimate
@@ -205,6 +229,202 @@ def _map_draws(
         for dest, src in zip(jax.tree.leaves(out), jax.tree.leaves(result)):
             dest[start : start + size] = src[:size]
     return jax.tree.map(lambda a: a.reshape(num_members, num_draws, *a.shape[1:]), out)
+
+
+def _draws_per_chunk(
+    chunk_peak: Callable[[int], int],
+    budget: int,
+    total: int,
+    chunk_size: int | None,
+    stats: dict | None,
+    where: str = "on all data points",
+) -> tuple[int, int | None]:
+    """``(chunk_size, estimated peak of a chunk)``: the given size, or as many draws as fit
+    ``budget`` by ``chunk_peak(draws)`` (warning when one draw does not fit)."""
+    if chunk_size is not None:
+        chunk_size = int(min(chunk_size, total))
+        return chunk_size, chunk_peak(chunk_size) if stats is not None else None
+    # A vmapped program's peak grows linearly with the draws: fixed + per_draw * chunk.
+    one, two = chunk_peak(1), chunk_peak(2)
+    per_draw, fixed = max(1, two - one), max(0, 2 * one - two)
+    # Headroom for what the estimate cannot see (allocator rounding, runtime scratch).
+    chunk_size = max(1, (int(memory.HEADROOM * budget) - fixed) // per_draw)
+    chunk_size = int(min(chunk_size, total))
+    if one > budget:
+        warnings.warn(
+            f"Replaying one draw {where} needs about {one / 2**20:.0f} MiB "
+            f"(intermediate activations included), more than the memory budget of "
+            f"{budget / 2**20:.0f} MiB; it runs one draw at a time. Raise memory_budget, "
+            "or use fewer data points per call (log_likelihood=m, or evaluate/predict on "
+            "parts of the test set).",
+            ReplayMemoryWarning,
+            stacklevel=4,
+        )
+    return chunk_size, fixed + per_draw * chunk_size
+
+
+def _reduce_draws(
+    fn: Callable,
+    draws: dict,
+    rng_key: jax.Array,
+    *extra: Any,
+    block: slice | None,
+    chunk_size: int | None,
+    memory_budget: int | None,
+    stats: dict | None,
+    reduce: dict[str, str],
+    points: PointAxis | None,
+) -> dict:
+    """:func:`map_draws` with ``reduce``: this process's members (``block``; ``None``: all),
+    chunked over draws and, where one draw does not fit the budget, over points; the
+    summaries gathered from every process."""
+    for name, kind in reduce.items():
+        reductions.check_kind(name, kind)
+    budget = memory.check_budget(memory_budget)
+    num_members, num_draws = jax.tree.leaves(draws)[0].shape[:2]
+    first_member = 0
+    if block is not None:
+        draws = jax.tree.map(lambda a: a[block], draws)
+        first_member = block.start
+    local_members = jax.tree.leaves(draws)[0].shape[0]
+    total = local_members * num_draws
+    flat = jax.tree.map(lambda a: a.reshape(total, *a.shape[2:]), draws)
+    extra = jax.device_put(extra)  # the data: on the device once, not at every call
+
+    def run_chunk(chunk, members, draw_ids, local, valid, key, indices, *extra):
+        def per_draw(draw, member, draw_id):
+            draw_key = jax.random.fold_in(jax.random.fold_in(key, member), draw_id)
+            if points is None:
+                return fn(draw, draw_key, *extra)
+            return fn(draw, draw_key, indices, *extra)
+
+        outputs = jax.vmap(per_draw)(chunk, members, draw_ids)
+        if not isinstance(outputs, dict) or set(outputs) != set(reduce):
+            raise ValueError(
+                f"map_draws(reduce=...) names the outputs {sorted(reduce)}, but fn returns "
+                f"{sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__}; "
+                "return a dict with exactly those keys."
+            )
+        if points is not None:
+            expected = points.size if indices is None else indices.shape[0]
+            for name, value in outputs.items():
+                if value.ndim <= points.axis + 1 or value.shape[points.axis + 1] != expected:
+                    raise ValueError(
+                        f"Output {name!r} has shape {value.shape[1:]} per draw, not "
+                        f"{expected} points along axis {points.axis}: fn must return its "
+                        "outputs on the given point indices (a model subsamples its data "
+                        "inside the plate: numpyro.subsample(data, event_dim=...))."
+                    )
+        return {
+            name: reductions.reduce_chunk(kind, outputs[name], valid, local, local_members)
+            for name, kind in reduce.items()
+        }
+
+    @cache
+    def chunk_peak(size: int, num_points: int | None = None) -> int:
+        chunk = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *a.shape[1:]), a.dtype), flat)
+        ids = jax.ShapeDtypeStruct((size,), jnp.int32)
+        valid = jax.ShapeDtypeStruct((size,), jnp.bool_)
+        indices = None if num_points is None else jax.ShapeDtypeStruct((num_points,), jnp.int32)
+        return memory.peak_live_bytes(
+            run_chunk, chunk, ids, ids, ids, valid, rng_key, indices, *extra
+        )
+
+    num_points, point_axis = points if points is not None else (0, 0)
+    point_size = _points_per_chunk(chunk_peak, budget, points)
+    where = "on all data points"
+    point_starts: list[int | None] = [None]
+    if point_size is not None:
+        where = f"on a chunk of {point_size} of the {num_points} data points"
+        point_starts = list(range(0, num_points, point_size))
+    chunk_size, estimate = _draws_per_chunk(
+        lambda size: chunk_peak(size, point_size), budget, total, chunk_size, stats, where
+    )
+    num_chunks = -(-total // chunk_size)
+    if stats is not None:
+        stats.update(
+            chunk_size=chunk_size,
+            num_chunks=num_chunks * len(point_starts),
+            chunk_peak_bytes=estimate,
+            point_chunk_size=point_size or (num_points if points is not None else None),
+            num_point_chunks=len(point_starts),
+        )
+
+    compiled = jax.jit(run_chunk)
+    parts: dict[str, list] = {name: [] for name in reduce}
+    dtypes: dict[str, Any] = {}
+    for point_chunk, point_start in enumerate(point_starts):
+        key, indices = rng_key, None
+        if point_start is not None and point_size is not None:
+            key = jax.random.fold_in(rng_key, point_chunk)
+            positions = np.arange(point_start, point_start + point_size)
+            indices = jnp.asarray(np.minimum(positions, num_points - 1), jnp.int32)
+        summaries: dict[str, Any] = dict.fromkeys(reduce)
+        for start in range(0, total, chunk_size):
+            size = min(chunk_size, total - start)
+            positions = np.arange(start, start + chunk_size)
+            ids = np.minimum(positions, total - 1)
+            local, draw_ids = np.divmod(ids, num_draws)
+            result = jax.device_get(
+                compiled(
+                    jax.tree.map(lambda a, ids=ids: a[ids], flat),
+                    jnp.asarray(local + first_member, jnp.int32),
+                    jnp.asarray(draw_ids, jnp.int32),
+                    jnp.asarray(local, jnp.int32),
+                    jnp.asarray(positions < total),
+                    key,
+                    indices,
+                    *extra,
+                )
+            )
+            for name, kind in reduce.items():
+                dtypes[name] = result[name].dtype
+                summaries[name] = reductions.combine(
+                    kind, summaries[name], result[name], start, size
+                )
+        for name, kind in reduce.items():
+            summary = reductions.summary_array(kind, summaries[name])
+            if point_start is not None and point_size is not None:  # drop the last's padding
+                kept = min(point_size, num_points - point_start)
+                axis = reductions.LEADING_AXES[kind] + point_axis
+                summary = np.take(summary, np.arange(kept), axis=axis)
+            parts[name].append(summary)
+
+    out = {}
+    for name, kind in reduce.items():
+        summary = parts[name][0]
+        if len(parts[name]) > 1:
+            axis = reductions.LEADING_AXES[kind] + point_axis
+            summary = np.concatenate(parts[name], axis=axis)
+        if block is not None:  # every process's summary, in member order, on every process
+            if kind != "draws":  # float64 travels as float32 unless x64 is on
+                summary = summary.astype(jax.dtypes.canonicalize_dtype(np.float64))
+            summary = reductions.merge(kind, sharding.gather_members(summary[None]), total)
+        value = reductions.finalize(kind, summary, num_draws, num_members * num_draws, dtypes[name])
+        if kind == "draws":
+            value = value.reshape(num_members, num_draws, *value.shape[1:])
+        out[name] = value
+    return out
+
+
+def _points_per_chunk(
+    chunk_peak: Callable[..., int], budget: int, points: PointAxis | None
+) -> int | None:
+    """Points per replay chunk: ``None`` (all, unsplit) unless one draw on all of them exceeds
+    the budget's headroom; then as many as leave room for a few draws per chunk, in equal
+    chunks."""
+    limit = memory.HEADROOM * budget
+    if points is None or points.size < 2 or chunk_peak(1) <= limit:
+        return None
+    # One draw's peak grows linearly with the points: fixed (the data, the draw) + per point.
+    whole, single = chunk_peak(1), chunk_peak(1, 1)
+    per_point = max(1.0, (whole - single) / (points.size - 1))
+    fixed = max(0.0, single - per_point)
+    # A quarter of the room the fixed part leaves: chunks of about four draws fit.
+    size = int((limit - fixed) // (4 * per_point)) if limit > fixed else 1
+    size = min(max(size, 1), points.size)
+    num_chunks = -(-points.size // size)
+    return -(-points.size // num_chunks)  # equal chunks, the last one padded least
 
 
 def observations_fn(

@@ -26,6 +26,7 @@ LAYERS = {
         "runtime",
         "compilation_cache",
         "memory",
+        "reductions",
         "diagnostics",
         "convergence",
         "schedules",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import arviz as az
 import jax
 import numpy as np
@@ -12,7 +14,13 @@ from scipy import stats
 
 from numpyro_smile import evaluate
 from numpyro_smile.datasets import load_table, split_standardize
-from numpyro_smile.evaluation import expected_calibration_error, lppd, predict
+from numpyro_smile.evaluation import (
+    brier_score,
+    expected_calibration_error,
+    lppd,
+    predict,
+    reliability_curve,
+)
 
 from .conftest import data_file
 
@@ -22,6 +30,23 @@ def location_model(y=None, subsample_size=None):
     with numpyro.plate("data", 300 if y is None else y.shape[0], subsample_size=subsample_size):
         target = None if y is None else numpyro.subsample(y, event_dim=0)
         numpyro.sample("y", dist.Normal(mu, 1.0), obs=target)
+
+
+def softmax_model(X, y=None):
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1], 4]).to_event(2))
+    with numpyro.plate("data", X.shape[0]):
+        numpyro.sample("y", dist.Categorical(logits=X @ w), obs=y)
+
+
+@pytest.fixture(scope="module")
+def classification_case():
+    """A softmax regression with 3 x 7 draws on 200 points and its pooled probabilities."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+    w = rng.normal(size=(3, 7, 3, 4)).astype(np.float32)
+    y = rng.integers(0, 4, size=200).astype(np.int32)
+    probs = np.asarray(jax.nn.softmax(np.einsum("np,kspc->ksnc", X, w), -1)).mean((0, 1))
+    return softmax_model, az.from_dict(posterior={"w": w}), X, y, probs
 
 
 def test_regression_metrics_of_a_known_predictive():
@@ -118,3 +143,60 @@ def test_split_standardize_protocol():
     assert not np.array_equal(other.test[1], split.test[1])
     labels = split_standardize(X, (y > np.median(y)).astype(int), 1, classification=True)
     assert labels.train[1].dtype == np.int32 and set(np.unique(labels.train[1])) == {0, 1}
+
+
+def test_brier_score_and_reliability_curve():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55], [0.5, 0.5]])
+    labels = np.array([0, 1, 1, 1, 0])
+    # sum over classes of (p_c - onehot_c)^2 = 2 (1 - p_y)^2 for two classes
+    expected = np.mean(2 * np.array([0.1, 0.8, 0.3, 0.45, 0.5]) ** 2)
+    assert brier_score(probs, labels) == pytest.approx(expected)
+    three = np.array([[0.2, 0.5, 0.3]])
+    assert brier_score(three, np.array([2])) == pytest.approx(0.2**2 + 0.5**2 + 0.7**2)
+    curve = reliability_curve(probs, labels, num_bins=4)
+    np.testing.assert_allclose(curve.bin_edges, [0, 0.25, 0.5, 0.75, 1])
+    # confidences 0.9, 0.8 | 0.7, 0.55, 0.5 (argmax picks class 0 on the tie)
+    np.testing.assert_array_equal(curve.count, [0, 0, 3, 2])
+    np.testing.assert_allclose(curve.confidence[2:], [(0.7 + 0.55 + 0.5) / 3, 0.85])
+    np.testing.assert_allclose(curve.accuracy[2:], [1.0, 0.5])
+    assert np.all(np.isnan(curve.confidence[:2])) and np.all(np.isnan(curve.accuracy[:2]))
+    # a float label (a Bernoulli observation) and a grid of points (sequences x tokens)
+    grid = brier_score(probs[:4].reshape(2, 2, 2), labels[:4].reshape(2, 2).astype(np.float32))
+    assert grid == pytest.approx(brier_score(probs[:4], labels[:4]))
+    with pytest.raises(ValueError, match="labels' shape plus a class axis"):
+        brier_score(probs, labels[:3])
+    with pytest.raises(ValueError, match=r"labels must be integers in \[0, 2\)"):
+        reliability_curve(probs, labels + 1)
+    with pytest.raises(ValueError, match="num_bins must be a positive integer"):
+        reliability_curve(probs, labels, num_bins=0)
+
+
+def test_ece_is_the_reliability_curves_weighted_gap():
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(5) * 0.7, size=400)
+    labels = rng.integers(0, 5, size=400)
+    for num_bins in (1, 7, 15):
+        curve = reliability_curve(probs, labels, num_bins)
+        assert curve.count.sum() == 400
+        full = curve.count > 0
+        gap = curve.count[full] / 400 * np.abs(curve.accuracy[full] - curve.confidence[full])
+        ece = expected_calibration_error(probs, labels, num_bins)
+        assert ece == pytest.approx(gap.sum()) and ece > 0
+
+
+def test_evaluate_classification_metrics(classification_case):
+    model, idata, X, y, probs = classification_case
+    metrics = evaluate(model, idata, X, y, reliability=True)
+    assert metrics["accuracy"] == pytest.approx(np.mean(probs.argmax(-1) == y))
+    assert metrics["brier"] == pytest.approx(brier_score(probs, y), rel=1e-5)
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(probs, y), abs=1e-6)
+    curve = metrics["reliability"]
+    assert set(curve) == {"bin_edges", "confidence", "accuracy", "count"}
+    assert json.loads(json.dumps(curve))["count"] == reliability_curve(probs, y).count.tolist()
+    with pytest.raises(ValueError, match="reliability=True needs class probabilities"):
+        evaluate(
+            location_model,
+            az.from_dict(posterior={"mu": np.zeros((1, 2))}),
+            y.astype(np.float32),
+            reliability=True,
+        )
