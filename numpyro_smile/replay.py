@@ -22,6 +22,7 @@ share, and nothing here imports ArviZ or xarray:
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +89,7 @@ def map_draws(
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     stats: dict | None = None,
+    first_draw: int = 0,
 ) -> dict:
     """Apply ``fn(draw, key, *extra) -> pytree`` to every draw, in chunks, onto host memory.
 
@@ -106,6 +108,9 @@ def map_draws(
             needs more, chunks hold one draw and a :class:`ReplayMemoryWarning` says so.
         stats: a dict to receive ``chunk_size``, ``num_chunks`` and ``chunk_peak_bytes`` (the
             estimated peak of one chunk).
+        first_draw: the index of ``draws``' first draw among all of a run's draws: draws
+            (k, s) get the keys of draws (k, ``first_draw`` + s), so a run's draws mapped in
+            parts (streamed chunks) get the keys, hence the results, of one call on them all.
 
     Returns:
         ``fn``'s output tree with leading ``(K, S)``, as NumPy arrays.
@@ -120,10 +125,11 @@ def map_draws(
     block = sharding.process_members(num_members)
     if block is None:
         return _map_draws(fn, draws, rng_key, *extra, chunk_size=chunk_size,
-                          memory_budget=memory_budget, stats=stats)  # fmt: skip
+                          memory_budget=memory_budget, stats=stats,
+                          first_draw=first_draw)  # fmt: skip
     local = _map_draws(
         fn, jax.tree.map(lambda a: a[block], draws), rng_key, *extra, first_member=block.start,
-        chunk_size=chunk_size, memory_budget=memory_budget, stats=stats,
+        chunk_size=chunk_size, memory_budget=memory_budget, stats=stats, first_draw=first_draw,
     )  # fmt: skip
     return sharding.gather_members(local)
 
@@ -137,6 +143,7 @@ def _map_draws(
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     stats: dict | None = None,
+    first_draw: int = 0,
 ) -> dict:
     """:func:`map_draws` in this process, on the members ``first_member, first_member + 1,
     ...`` (their keys are those of their place in the whole ensemble)."""
@@ -146,11 +153,7 @@ def _map_draws(
     # (member, draw) pairs in one flat axis: a chunk may hold fewer draws than members.
     flat = jax.tree.map(lambda a: a.reshape(total, *a.shape[2:]), draws)
 
-    def run_chunk(chunk, members, draw_ids, key, *extra):
-        def per_draw(draw, member, draw_id):
-            return fn(draw, jax.random.fold_in(jax.random.fold_in(key, member), draw_id), *extra)
-
-        return jax.vmap(per_draw)(chunk, members, draw_ids)
+    run_chunk = _chunk_fn(fn)
 
     def chunk_peak(size: int) -> int:
         chunk = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *a.shape[1:]), a.dtype), flat)
@@ -183,7 +186,7 @@ def _map_draws(
             chunk_size=chunk_size, num_chunks=-(-total // chunk_size), chunk_peak_bytes=estimate
         )
 
-    compiled = jax.jit(run_chunk)
+    compiled = _compiled_chunk_fn(fn)
     out = None
     for start in range(0, total, chunk_size):
         size = min(chunk_size, total - start)
@@ -191,6 +194,7 @@ def _map_draws(
         chunk = jax.tree.map(lambda a, ids=ids: a[ids], flat)
         members, draw_ids = np.divmod(ids, num_draws)
         members += first_member
+        draw_ids += first_draw
         result = jax.device_get(
             compiled(
                 chunk,
@@ -205,6 +209,50 @@ def _map_draws(
         for dest, src in zip(jax.tree.leaves(out), jax.tree.leaves(result)):
             dest[start : start + size] = src[:size]
     return jax.tree.map(lambda a: a.reshape(num_members, num_draws, *a.shape[1:]), out)
+
+
+def _chunk_fn(fn: Callable) -> Callable:
+    """``(chunk, members, draw_ids, key, *extra) -> fn`` vmapped over a chunk of draws, draw
+    (k, s) with the key ``fold_in(fold_in(key, k), s)``."""
+
+    def run_chunk(chunk, members, draw_ids, key, *extra):
+        def per_draw(draw, member, draw_id):
+            return fn(draw, jax.random.fold_in(jax.random.fold_in(key, member), draw_id), *extra)
+
+        return jax.vmap(per_draw)(chunk, members, draw_ids)
+
+    return run_chunk
+
+
+#: ``fn -> jax.jit(_chunk_fn(fn))`` while ``fn`` lives: calls of :func:`map_draws` with the
+#: same ``fn`` (a run's chunks of draws, streamed) share one executable per chunk shape.
+_COMPILED_CHUNK_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled_chunk_fn(fn: Callable) -> Callable:
+    """``jax.jit(_chunk_fn(fn))``, one per ``fn`` (weakly held: the jitted function calls
+    ``fn`` through a weak reference, so the cache never keeps ``fn``, or the data its closure
+    may hold, alive)."""
+    try:
+        return _COMPILED_CHUNK_FNS[fn]
+    except (KeyError, TypeError):  # TypeError: fn is not hashable or weakly referenceable
+        pass
+    try:
+        reference = weakref.ref(fn)
+    except TypeError:
+        return jax.jit(_chunk_fn(fn))
+
+    def call(*args):  # fn is alive whenever this is traced: map_draws holds it
+        function = reference()
+        assert function is not None
+        return function(*args)
+
+    compiled = jax.jit(_chunk_fn(call))
+    try:
+        _COMPILED_CHUNK_FNS[fn] = compiled
+    except TypeError:
+        pass
+    return compiled
 
 
 def observations_fn(
