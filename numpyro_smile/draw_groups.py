@@ -133,9 +133,7 @@ class DrawGroups:
         self.coords: dict[str, np.ndarray] = {}
         self._observations: Callable | None = None
         if log_likelihood is not False or posterior_predictive:
-            view, self.coords = likelihood_view(
-                model, subsample_plates, log_likelihood, key_subset
-            )
+            view, self.coords = likelihood_view(model, subsample_plates, log_likelihood, key_subset)
 
             def observations(params, key, *arrays):
                 args, kwargs = bind(arrays)

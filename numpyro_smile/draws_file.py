@@ -71,9 +71,7 @@ class DrawsFile:
         self._file = h5netcdf.File(self.path, "w")
         self._groups: dict = {}
 
-    def append(
-        self, groups: dict[str, dict[str, np.ndarray]], dims: dict, coords: dict
-    ) -> None:
+    def append(self, groups: dict[str, dict[str, np.ndarray]], dims: dict, coords: dict) -> None:
         """Append a chunk's rows to the file.
 
         Args:
@@ -161,9 +159,7 @@ class HostDraws:
         self._capacity = int(num_draws)
         self._groups: dict[str, dict[str, np.ndarray]] = {}
 
-    def append(
-        self, groups: dict[str, dict[str, np.ndarray]], dims: dict, coords: dict
-    ) -> None:
+    def append(self, groups: dict[str, dict[str, np.ndarray]], dims: dict, coords: dict) -> None:
         """Copy a chunk's rows (``{group: {name: (K, c, ...)}}``; ``dims`` and ``coords``
         are unused here) into the host arrays."""
         del dims, coords

@@ -27,7 +27,6 @@ __all__ = [
     "record_fn",
     "run_steps",
     "sample_chunk_fn",
-    "store",
     "stream_draws",
 ]
 
@@ -75,19 +74,6 @@ def draws_per_chunk(
         1, min(math.ceil(num_draws / PROGRESS_CHUNKS), max_elements // (num_members * dim))
     )
     return min(chunk, num_draws)
-
-
-def store(host: dict | None, buffer: Any, start: int, count: int, num_draws: int) -> Any:
-    """Copy a chunk ``(chunk, K, ...)`` of draws into the host arrays ``(K, num_draws, ...)``
-    (with several processes every process gets every member's draws)."""
-    chunk = sharding.to_host(buffer)
-    if host is None:
-        host = jax.tree.map(
-            lambda a: np.empty((a.shape[1], num_draws, *a.shape[2:]), a.dtype), chunk
-        )
-    for dest, src in zip(jax.tree.leaves(host), jax.tree.leaves(chunk)):
-        dest[:, start : start + count] = np.swapaxes(src[:count], 0, 1)
-    return host
 
 
 def record_fn(full_batch: bool) -> Callable:
@@ -163,7 +149,10 @@ def stream_draws(
     ..., start + count - 1``), in order, while the next chunk runs; returns the final state.
 
     Host memory holds one or two chunks at a time, whatever ``num_draws``: what ``consume``
-    keeps of them (all of it in host arrays, a file, a running summary) is its choice.
+    keeps of them (all of it in host arrays, a file, a running summary) is its choice. Each
+    chunk is waited for before the previous one is consumed, so that a driver's timings of
+    sampling and of ``consume`` (replays of the model at the draws: computations that would
+    otherwise share the device with the next chunk) each measure their own work.
     """
     pending: tuple[Any, int, int] | None = None
     for done in range(0, num_draws, chunk):
@@ -172,6 +161,7 @@ def stream_draws(
         for leaf in jax.tree.leaves(buffer):
             leaf.copy_to_host_async()
         if pending is not None:
+            jax.block_until_ready(buffer)
             consume(_host_chunk(pending[0], pending[2]), pending[1])
         pending = (buffer, done, count)
         on_chunk(count, state)

@@ -96,8 +96,7 @@ def check_host_limit(limit: int | None) -> int | None:
         return None if physical is None else int(HOST_MEMORY_SHARE * physical)
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
         raise ValueError(
-            f"host_memory_limit must be a positive number of bytes (e.g. 4 * 2**30), got "
-            f"{limit!r}."
+            f"host_memory_limit must be a positive number of bytes (e.g. 4 * 2**30), got {limit!r}."
         )
     return int(limit)
 
