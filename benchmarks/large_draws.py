@@ -14,10 +14,12 @@ mode: the peak resident set (``VmHWM``), the wall time, the ensemble's ``timings
 time apart), every XLA compilation of the process (count and seconds, from JAX's
 ``backend_compile_duration`` event: each loop is compiled once per run), the file's size,
 and a check that every draw is there and finite: the file is read back one member and ten
-draws at a time. Run::
+draws at a time. The drivers' persistent compilation cache would make a second run's
+compilations cache hits: set ``NUMPYRO_SMILE_CACHE_DIR=off`` to measure cold compilation.
+Run::
 
-    python -m benchmarks.large_draws [--mode both|streamed|memory] [--warmup 100]
-        [--samples 100] [--out outputs/large_draws.json]
+    NUMPYRO_SMILE_CACHE_DIR=off python -m benchmarks.large_draws [--mode both|streamed|memory]
+        [--warmup 100] [--samples 100] [--tmp FOLDER] [--out outputs/large_draws.json]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -94,6 +97,8 @@ def run(mode: str, args: argparse.Namespace) -> dict:
             "file_gb": None if path is None else path.stat().st_size / 1e9,
             "xla_compilations": len(compiles),
             "xla_compile_s": sum(compiles),
+            "xla_compiles_over_half_second": sorted(round(t, 2) for t in compiles if t > 0.5),
+            "compilation_cache": os.environ.get("NUMPYRO_SMILE_CACHE_DIR", "default"),
             "timings": ensemble.timings,
             "memory": ensemble.memory,
             **checked,

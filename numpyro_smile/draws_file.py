@@ -68,7 +68,16 @@ class DrawsFile:
         self.path = check_path(path)
         self.num_members = int(num_members)
         self.num_draws = 0
-        self._file = h5netcdf.File(self.path, "w")
+        try:
+            self._file = h5netcdf.File(self.path, "w")
+        except OSError as error:
+            if "already open" not in str(error):
+                raise
+            raise OSError(
+                f"Cannot replace {os.fspath(self.path)!r}: this process still has it open "
+                "(an InferenceData of an earlier run reads it lazily). Write to another path, "
+                "or close that InferenceData first: idata.close()."
+            ) from error
         self._groups: dict = {}
 
     def append(self, groups: dict[str, dict[str, np.ndarray]], dims: dict, coords: dict) -> None:

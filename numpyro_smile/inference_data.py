@@ -12,9 +12,11 @@ coordinate values), and ``log_likelihood=False`` skips it.
 
 The replays themselves (tracing the model at a draw, the chunked map within a memory budget,
 the per-draw log-likelihoods, replicates and constrained values) live in
-:mod:`numpyro_smile.replay`, shared with the evaluation and the ensemble; this module only
-assembles their host arrays into groups. All of ArviZ lives in this module (ArviZ 1.x replaces
-``InferenceData`` with xarray's ``DataTree``; a DataTree path would be added here).
+:mod:`numpyro_smile.replay`, shared with the evaluation and the ensemble, and the ensemble
+runs them on each chunk of draws as it is sampled (:mod:`numpyro_smile.draw_groups`), into
+host memory or a netCDF file (:mod:`numpyro_smile.draws_file`); this module only assembles
+their host arrays, or that file, into groups. All of ArviZ lives in this module (ArviZ 1.x
+replaces ``InferenceData`` with xarray's ``DataTree``; a DataTree path would be added here).
 """
 
 from __future__ import annotations

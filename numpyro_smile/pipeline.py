@@ -39,7 +39,6 @@ __all__ = [
     "MemberChains",
     "check_after_warmup",
     "counters",
-    "drop_exploring",
     "flat_structure",
     "keep_draws",
     "member_chains",
@@ -304,15 +303,6 @@ def _without_exploring(draws: dict) -> dict:
     keep = ~np.asarray(stats["exploring"][0], bool)
     stats = {name: value for name, value in stats.items() if name != "exploring"}
     return jax.tree.map(lambda a: a[:, keep], {"z": draws["z"], "stats": stats})
-
-
-def drop_exploring(draws: dict) -> dict:
-    """Draws of a cyclical schedule without those of exploring steps (the same steps for every
-    member; ``stats["exploring"]`` is then dropped); other draws unchanged."""
-    draws = _without_exploring(draws)
-    if not jax.tree.leaves(draws)[0].shape[1]:
-        raise ValueError(_ALL_EXPLORING)
-    return draws
 
 
 def keep_draws(draw_groups: Any, sink: Any, timings: Timings) -> Callable:

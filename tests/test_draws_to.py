@@ -14,7 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from numpyro_smile import SMILEEnsemble, memory, pipeline
+from numpyro_smile import SMILEEnsemble, compilation_cache, memory, pipeline
 from numpyro_smile.models import mlp_regression
 
 N, B = 200, 32
@@ -39,10 +39,19 @@ MODEL = partial(mlp_regression, hidden=(4,), subsample_size=B)
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same run in memory, streamed to a file, and keeping only ``log_sigma``."""
+    """The same run in memory, streamed to a file, and keeping only ``log_sigma``; the
+    second and third load the first's compiled loops from a compilation cache of their own."""
     X, y = _data()
     path = tmp_path_factory.mktemp("draws") / "draws.nc"
     out = {"data": (X, y), "path": path}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(compilation_cache.ENV_VAR, str(tmp_path_factory.mktemp("cache")))
+        out |= _runs(X, y, path)
+    return out
+
+
+def _runs(X, y, path) -> dict:
+    out = {}
     out["memory"] = SMILEEnsemble(MODEL, **SETTINGS).run(jax.random.key(0), X, y)
     streamed = SMILEEnsemble(MODEL, draws_to=path, **SETTINGS)
     out["streamed"] = streamed.run(jax.random.key(0), X, y)
