@@ -14,7 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from numpyro_smile import SMILEEnsemble, compilation_cache, memory, pipeline
+from numpyro_smile import SMILEEnsemble, compilation_cache, memory, pipeline, sharding
 from numpyro_smile.models import mlp_regression
 
 N, B = 200, 32
@@ -65,6 +65,11 @@ def _runs(X, y, path) -> dict:
     kept = SMILEEnsemble(MODEL, keep_sites=["log_sigma"], **SETTINGS)
     out["kept"] = kept.run(jax.random.key(0), X, y)
     out["kept_ensemble"] = kept
+    warmed = SMILEEnsemble(MODEL, **SETTINGS)
+    warmed.warmup(jax.random.key(0), X, y)
+    checkpoint = warmed.save_state(path.with_name("warm.npz"))
+    resumed = SMILEEnsemble(MODEL, draws_to=path.with_name("resumed.nc"), **SETTINGS)
+    out["resumed"] = resumed.run(jax.random.key(0), X, y, resume_from=checkpoint)
     return out
 
 
@@ -86,6 +91,11 @@ def test_streamed_draws_equal_the_in_memory_run_bit_for_bit(runs):
     assert streamed.posterior.sizes["draw"] == 10 and streamed.posterior.sizes["chain"] == 2
     # every chunk's post-processing is timed apart from the sampling
     assert runs["timings"]["postprocess_s"] > 0
+
+
+def test_a_resumed_run_streams_the_draws_of_the_uninterrupted_one(runs):
+    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive"):
+        _assert_same_group(runs["resumed"], runs["memory"], group)
 
 
 def test_the_file_is_an_inference_data_read_lazily(runs):
@@ -126,7 +136,7 @@ def test_bad_arguments(kwargs, error, message):
         SMILEEnsemble(MODEL, **kwargs)
 
 
-def test_bad_paths_and_site_names(tmp_path):
+def test_bad_paths_site_names_and_processes(tmp_path, monkeypatch):
     X, y = _data()
     with pytest.raises(ValueError, match="is a folder"):
         SMILEEnsemble(MODEL, draws_to=tmp_path)
@@ -134,6 +144,10 @@ def test_bad_paths_and_site_names(tmp_path):
         SMILEEnsemble(MODEL, draws_to=tmp_path / "missing" / "draws.nc")
     with pytest.raises(ValueError, match=r"\['sigma'\].*sites are \['b0', 'b1', 'log_sigma'"):
         SMILEEnsemble(MODEL, keep_sites=["sigma"], **SETTINGS).run(jax.random.key(0), X, y)
+    with monkeypatch.context() as patch:
+        patch.setattr(sharding, "is_multiprocess", lambda: True)
+        with pytest.raises(NotImplementedError, match="several processes"):
+            SMILEEnsemble(MODEL, draws_to=tmp_path / "d.nc").run(jax.random.key(0), X, y)
 
 
 # A model whose draws are large (D numbers each) and whose steps are cheap: 2 members x 100
