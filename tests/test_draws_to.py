@@ -14,7 +14,8 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from numpyro_smile import SMILEEnsemble, compilation_cache, memory, pipeline, sharding
+from numpyro_smile import SMILEEnsemble, compilation_cache, memory, model_views, pipeline, sharding
+from numpyro_smile.draw_groups import DrawGroups
 from numpyro_smile.models import mlp_regression
 
 N, B = 200, 32
@@ -217,3 +218,29 @@ def test_streamed_draws_keep_host_memory_to_a_chunk(tmp_path, monkeypatch):
     assert path.stat().st_size > DRAW_BYTES  # every draw is in the file
     last = idata.posterior["w"][:, -1].values  # read from disk: the last draw of both members
     assert np.isfinite(last).all() and np.any(last != 0)
+
+
+def test_draw_groups_trace_the_model_once_for_every_chunk(runs):
+    """Chunks of draws (3, 3 and a short last one of 2) replay one compiled function: the
+    model is traced at the first chunk only; their log-likelihoods are the run's."""
+    X, y = runs["data"]
+    traces = []
+
+    def counted(X, y=None, subsample_size=None):
+        traces.append(1)
+        return mlp_regression(X, y, subsample_size, hidden=(4,))
+
+    model = partial(counted, subsample_size=B)
+    plates = model_views.inspect_model(model, (X, y), {})
+    key_post = jax.random.split(jax.random.key(0), 4)[3]  # the ensemble's post-processing key
+    groups = DrawGroups(model, (X, y), {}, plates, key_post, posterior_predictive=True)
+    posterior = runs["memory"].posterior
+    log_likelihood = runs["memory"].log_likelihood["y"].values
+    for first, stop in ((0, 3), (3, 6), (6, 8)):
+        z = {name: posterior[name].values[:, first:stop] for name in posterior.data_vars}
+        out = groups.groups(z, first)
+        np.testing.assert_array_equal(out["log_likelihood"]["y"], log_likelihood[:, first:stop])
+        if first == 0:
+            traced = len(traces)
+    assert len(traces) == traced
+    assert groups.stats["observations"]["num_chunks"] == 3
