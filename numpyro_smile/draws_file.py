@@ -110,11 +110,6 @@ class DrawsFile:
         self.num_draws = stop
         self._file.flush()
 
-    def set_attrs(self, attrs: dict) -> None:
-        """Set ``attrs`` (strings and numbers) on every group written."""
-        for handle in self._groups.values():
-            handle.attrs.update(attrs)
-
     def close(self) -> None:
         """Close the file (idempotent)."""
         if self._file is not None:
