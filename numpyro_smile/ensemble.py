@@ -35,6 +35,8 @@ from numpyro_smile import (
     checkpoint,
     compilation_cache,
     diagnostics,
+    draw_groups,
+    draws_file,
     evaluation,
     loops,
     memory,
@@ -101,6 +103,27 @@ class SMILEEnsemble:
         progress_bar: show progress (default: only on a terminal, never when ``$CI`` is set,
             and with several processes only on process 0).
         memory_budget: bytes one chunk of the replays may hold at its peak (default 256 MiB).
+        draws_to: a file path (e.g. ``"draws.nc"``; replaced if it exists): every chunk of
+            kept draws, post-processed (``posterior``, ``sample_stats``, ``log_likelihood``,
+            ``posterior_predictive``), is appended to this netCDF file as soon as it is
+            produced, so host memory holds one chunk at a time however many draws are kept;
+            the small groups (``observed_data``, ``pretrained``, ``pretraining``) follow at
+            the end, and :meth:`run` returns the file opened lazily (``az.from_netcdf``:
+            values are read from disk when indexed). Same draws as in memory, bit for bit.
+            One process only (several raise ``NotImplementedError``).
+        keep_sites: the latent (or deterministic) sites ``posterior`` keeps, e.g.
+            ``["log_sigma"]`` to skip a network's weights; ``None`` keeps all. The
+            ``log_likelihood`` and ``posterior_predictive`` groups are still computed from
+            every site (chunk by chunk, while the whole draws are at hand), and the
+            ``pretrained`` group keeps every site. :meth:`evaluate` needs every latent site:
+            on such a posterior it raises (use ``group="pretrained"``, or keep the sites,
+            with ``draws_to`` if they are large).
+        host_memory_limit: bytes the kept draws may take in host memory when they are not
+            streamed to a file (default: half the machine's physical memory). Before anything
+            is computed, :meth:`run` estimates them (members x kept draws x the kept sites,
+            the log-likelihood's and the predictive's numbers, in their dtypes; the sampler's
+            statistics, a few numbers per draw, aside) and raises a ``ValueError`` naming the
+            size and the fixes when they exceed it. Ignored with ``draws_to``.
 
     After :meth:`run`: ``last_state``, ``post_warmup_state``, ``pretrained_params`` (the
     members' unconstrained starting points), ``plan`` (the core's
@@ -147,6 +170,9 @@ class SMILEEnsemble:
         devices: Sequence[jax.Device] | None = None,
         progress_bar: bool | None = None,
         memory_budget: int | None = None,
+        draws_to: str | os.PathLike | None = None,
+        keep_sites: Sequence[str] | None = None,
+        host_memory_limit: int | None = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be a NumPyro model (a callable), got {model!r}.")
@@ -171,6 +197,11 @@ class SMILEEnsemble:
         if not isinstance(log_likelihood, bool):
             _check_int("log_likelihood (a subset size)", log_likelihood, 1)
         memory.check_budget(memory_budget)
+        memory.check_host_limit(host_memory_limit)
+        if draws_to is not None:
+            draws_file.check_path(draws_to)
+        if keep_sites is not None:
+            draw_groups.check_keep_sites(keep_sites, None)  # the type here, the names in run
         if kernel is not None and not isinstance(kernel, KernelAdapter):
             raise TypeError(
                 "kernel must be a kernel of numpyro_smile (SMILE, SGLD, SGHMC, AdaSGHMC), got "
@@ -200,6 +231,9 @@ class SMILEEnsemble:
         self.draws_per_chunk, self.progress_bar = draws_per_chunk, progress_bar
         self.devices = list(devices) if devices is not None else None
         self.memory_budget = memory_budget
+        self.draws_to = None if draws_to is None else Path(os.fspath(draws_to))
+        self.keep_sites = None if keep_sites is None else list(keep_sites)
+        self.host_memory_limit = host_memory_limit
         self.memory: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
         self.plan: sampler.Plan | None = None
@@ -266,6 +300,13 @@ class SMILEEnsemble:
                 "rng_key must be a single JAX PRNG key, e.g. jax.random.key(0); got "
                 f"{getattr(rng_key, 'shape', type(rng_key).__name__)}."
             )
+        if self.draws_to is not None and sharding.is_multiprocess():
+            raise NotImplementedError(
+                "draws_to= streams the draws to one file from one process; with several "
+                f"processes ({jax.process_count()}) leave draws_to=None (every process gets "
+                "the whole InferenceData in memory: keep it small with thinning, keep_sites "
+                "or log_likelihood=m), or run in one process."
+            )
         if resume_from is not None and (validation is not None or init_params is not None):
             raise ValueError(
                 "resume_from continues saved chains: validation and init_params (for "
@@ -317,6 +358,15 @@ class SMILEEnsemble:
         :func:`numpyro_smile.evaluation.evaluate` (``group="pretrained"``: the deep ensemble).
         With several processes each one replays its own members: call it on every process."""
         kwargs.setdefault("memory_budget", self.memory_budget)
+        kept = None
+        if group == "posterior" and "posterior" in idata.groups():
+            kept = idata.posterior.attrs.get("keep_sites")
+        if kept is not None:
+            raise ValueError(
+                f"idata[{group!r}] keeps only the sites {kept} (keep_sites=): evaluating needs "
+                "every latent site. Evaluate the deep ensemble (group='pretrained'), or rerun "
+                "keeping every site (with draws_to='draws.nc' if they do not fit in memory)."
+            )
         with compilation_cache.persistent_cache():
             return evaluation.evaluate(self._model, idata, *model_args, group=group, **kwargs)
 
@@ -348,6 +398,14 @@ class SMILEEnsemble:
                     shapes_only=init_params is not None or saved is not None,
                 )  # fmt: skip
                 initial = info.param_info.z
+                groups = draw_groups.DrawGroups(
+                    self._model, model_args, model_kwargs, self._plates, key_post,
+                    log_likelihood=self.log_likelihood,
+                    posterior_predictive=self.posterior_predictive,
+                    keep_sites=self.keep_sites, memory_budget=self.memory_budget,
+                )  # fmt: skip
+                if not warmup_only:
+                    self._check_host_memory(groups, initial)
                 if saved is not None:
                     self._check_resumable(saved, initial)
                     self.pretrained_params = saved.pretrained_params
@@ -401,11 +459,23 @@ class SMILEEnsemble:
             if warmup_only:
                 self.timings["total_s"] = time.perf_counter() - start
                 return None
-            draws, state = pipeline.sample_members(
-                chains, state, arrays, advance, num_samples=self.num_samples,
-                thinning=self.thinning, draws_per_chunk=self.draws_per_chunk, timings=timings,
-                progress=progress,
-            )  # fmt: skip
+            if self.draws_to is None:
+                sink: draws_file.HostDraws | draws_file.DrawsFile = draws_file.HostDraws(
+                    self.num_draws
+                )
+            else:
+                sink = draws_file.DrawsFile(self.draws_to, self.num_members)
+            try:
+                _, state = pipeline.sample_members(
+                    chains, state, arrays, advance, num_samples=self.num_samples,
+                    thinning=self.thinning, draws_per_chunk=self.draws_per_chunk,
+                    timings=timings, progress=progress,
+                    keep=pipeline.keep_draws(groups, sink, timings),
+                )  # fmt: skip
+            except BaseException:
+                if isinstance(sink, draws_file.DrawsFile):
+                    sink.close()
+                raise
             self.last_state = state
             attrs = {
                 "sampler": self.plan.variant,
@@ -416,14 +486,14 @@ class SMILEEnsemble:
                 "thinning": self.thinning,
                 "num_devices": 1 if mesh is None else mesh.size,
             } | ({} if saved is None else {"resumed_at_step": saved.steps})
+            if self.keep_sites is not None:
+                attrs["keep_sites"] = ", ".join(groups.kept)
             progress.start("post-processing", 0)
-            progress.status("post-processing: constraining the draws, the log-likelihood")
+            progress.status("post-processing: the pretrained points, the observed data")
             with timings.phase("postprocess"):
                 idata, self.memory = pipeline.members_inference_data(
-                    self._model, model_args, model_kwargs, self._plates, draws, key_post,
-                    pretrained=self.pretrained_params, pretraining=self._pretraining,
-                    attrs=attrs, log_likelihood=self.log_likelihood,
-                    posterior_predictive=self.posterior_predictive,
+                    groups, sink, pretrained=self.pretrained_params,
+                    pretraining=self._pretraining, attrs=attrs,
                     memory_budget=self.memory_budget,
                 )  # fmt: skip
         self.timings["total_s"] = time.perf_counter() - start
@@ -432,6 +502,31 @@ class SMILEEnsemble:
         counters = pipeline.counters(self.last_state)
         diagnostics.check_resets(counters, self.plan, label="members", name=name)
         return idata
+
+    def _check_host_memory(self, groups: draw_groups.DrawGroups, initial: dict) -> None:
+        """Raise a ``ValueError`` before any compute when the kept draws would not fit
+        ``host_memory_limit`` in host memory (see the class docstring); nothing with
+        ``draws_to``."""
+        limit = memory.check_host_limit(self.host_memory_limit)
+        if self.draws_to is not None or limit is None:
+            return
+        one = {name: jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for name, a in initial.items()}
+        per_draw = groups.bytes_per_draw(one)
+        draws = self.num_members * self.num_draws
+        total = draws * sum(per_draw.values())
+        if total <= limit:
+            return
+        parts = ", ".join(f"{group} {_gb(draws * size)}" for group, size in per_draw.items())
+        default = " (half of this machine's memory, by default)"
+        raise ValueError(
+            f"The kept draws would take about {_gb(total)} of host memory ({self.num_members} "
+            f"members x {self.num_draws} draws: {parts}), more than host_memory_limit="
+            f"{_gb(limit)}{default if self.host_memory_limit is None else ''}. Stream them to "
+            "disk with draws_to='draws.nc' (read lazily afterwards), keep fewer draws "
+            f"(thinning > {self.thinning}), keep only the sites you need (keep_sites=[...], "
+            f"of {sorted(groups.names)}), or shrink the log-likelihood (log_likelihood=m for "
+            "m points, or False); or raise host_memory_limit."
+        )
 
     def _mode(self) -> str:
         return "full_batch" if self.full_batch or not self._plates else "minibatch"
@@ -469,6 +564,10 @@ def _load(resume_from, ensemble: SMILEEnsemble) -> checkpoint.EnsembleCheckpoint
     if isinstance(resume_from, checkpoint.EnsembleCheckpoint):
         return resume_from
     return checkpoint.load_checkpoint(resume_from)
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -12,36 +12,29 @@ coordinate values), and ``log_likelihood=False`` skips it.
 
 The replays themselves (tracing the model at a draw, the chunked map within a memory budget,
 the per-draw log-likelihoods, replicates and constrained values) live in
-:mod:`numpyro_smile.replay`, shared with the evaluation and the ensemble; this module only
-assembles their host arrays into groups. All of ArviZ lives in this module (ArviZ 1.x replaces
-``InferenceData`` with xarray's ``DataTree``; a DataTree path would be added here).
+:mod:`numpyro_smile.replay`, shared with the evaluation and the ensemble, and the ensemble
+runs them on each chunk of draws as it is sampled (:mod:`numpyro_smile.draw_groups`), into
+host memory or a netCDF file (:mod:`numpyro_smile.draws_file`); this module only assembles
+their host arrays, or that file, into groups. All of ArviZ lives in this module (ArviZ 1.x
+replaces ``InferenceData`` with xarray's ``DataTree``; a DataTree path would be added here).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import arviz as az
+import h5netcdf
 import jax
 import numpy as np
 import xarray as xr
 
-from numpyro_smile import model_views
 from numpyro_smile._version import __version__
-from numpyro_smile.replay import (
-    constrain_draws,
-    identity_sites,
-    likelihood_view,
-    map_draws,
-    observations_fn,
-    observed_sites,
-    posterior_site_names,
-    site_dims,
-    trace_model,
-)
+from numpyro_smile.draw_groups import DrawGroups
+from numpyro_smile.draws_file import DrawsFile
 
-__all__ = ["to_inference_data"]
+__all__ = ["from_groups", "to_inference_data"]
 
 
 def _dataset(values: dict, dims: dict, coords: dict, leading: tuple[str, ...]) -> xr.Dataset:
@@ -75,113 +68,117 @@ def to_inference_data(
     attrs: dict | None = None,
     memory_budget: int | None = None,
     memory_stats: dict | None = None,
+    keep_sites: Sequence[str] | None = None,
 ) -> az.InferenceData:
-    """Assemble the ensemble's ``InferenceData``.
+    """Assemble the ensemble's ``InferenceData`` from all its draws at once.
 
     Args:
         model: the user's model (with its subsample plates).
+        model_args: its positional arguments (the training data).
+        model_kwargs: its keyword arguments.
         subsample_plates: ``{name: PlateInfo}`` of the training data.
         draws: unconstrained latent draws, leaves ``(K, S, ...)``.
         sample_stats: ``{name: (K, S)}`` (empty or ``None``: no ``sample_stats`` group).
         pretrained: unconstrained pretrained points, leaves ``(K, ...)`` (``None``: no
             ``pretrained`` group).
         pretraining: ``{name: (K, E)}`` per-epoch curves and ``{name: (K,)}`` summaries.
+        rng_key: the post-processing key (log-likelihood subset, predictive replicates).
         log_likelihood: True (all N points), an int m (a fixed random subset of m points per
             subsample plate), or False (skip).
         posterior_predictive: also draw one replicate of the observed sites per draw.
+        attrs: attributes of every group (strings and numbers; others are written as text).
         memory_budget: bytes one chunk of a replay may hold at its peak (see
             :func:`numpyro_smile.replay.map_draws`).
         memory_stats: a dict to receive the replays' chunking: ``{"constrain": {...},
             "observations": {...}}``, each as :func:`numpyro_smile.replay.map_draws`'s ``stats``.
+        keep_sites: the sites ``posterior`` keeps (``None``: all).
 
     Groups: ``posterior`` (chain = member), ``sample_stats``, ``log_likelihood``,
     ``posterior_predictive``, ``observed_data``, ``pretrained`` (the pretrained points as one
     draw per member, constrained) and ``pretraining`` (loss curves over ``epoch``).
+    The ensemble itself computes the same groups chunk by chunk while it samples
+    (:class:`~numpyro_smile.draw_groups.DrawGroups`, :func:`from_groups`).
     """
-    key_ll, key_subset = jax.random.split(rng_key)
-    arrays, bind = model_views.split_model_args(model_args, model_kwargs)
-    names = posterior_site_names(model, model_args, model_kwargs, subsample_plates)
+    draw_groups = DrawGroups(
+        model, model_args, model_kwargs, subsample_plates, rng_key,
+        log_likelihood=log_likelihood, posterior_predictive=posterior_predictive,
+        keep_sites=keep_sites, memory_budget=memory_budget,
+    )  # fmt: skip
+    groups = draw_groups.groups(draws)
+    if sample_stats:
+        groups["sample_stats"] = dict(sample_stats)
+    if memory_stats is not None:
+        memory_stats.update(draw_groups.stats)
+    return from_groups(draw_groups, groups, pretrained, pretraining, attrs)
 
-    # Sites on the real line are their own unconstrained values: reuse those host arrays
-    # (no second K x S x d copy in host memory), constrain and replay only the others.
-    unchanged = identity_sites(model, model_args, model_kwargs, subsample_plates, names)
-    constrained_names = [name for name in names if name not in unchanged]
 
-    def constrain(z, key, *arrays):
-        args, kwargs = bind(arrays)
-        return constrain_draws(model, args, kwargs, subsample_plates, constrained_names)(z, key)
+def from_groups(
+    draw_groups: DrawGroups,
+    groups: dict[str, dict] | DrawsFile,
+    pretrained: dict | None,
+    pretraining: dict,
+    attrs: dict | None,
+) -> az.InferenceData:
+    """The ``InferenceData`` of draws post-processed by ``draw_groups``.
 
-    def constrain_all(draws):
-        values = {}
-        if constrained_names:
-            stats = None if memory_stats is None else memory_stats.setdefault("constrain", {})
-            values = map_draws(
-                constrain, draws, rng_key, *arrays, memory_budget=memory_budget, stats=stats
-            )
-        return {
-            name: np.asarray(draws[name]) if name in unchanged else values[name]
-            for name in sorted(names)
-        }
-
-    posterior = constrain_all(draws)
-    pretrained_values = None
+    Args:
+        draw_groups: what computed the draws' groups (their dims and coordinates, the
+            observed data, the pretrained points' constraining).
+        groups: ``{group: {name: (K, S, ...)}}`` in host memory, or the closed
+            :class:`~numpyro_smile.draws_file.DrawsFile` they were appended to: the small
+            groups are then added to the file and the result reads it lazily.
+        pretrained: unconstrained pretrained points, leaves ``(K, ...)``, or ``None``.
+        pretraining: the pretraining curves (may be empty).
+        attrs: attributes of every group.
+    """
+    dims, observed_data = draw_groups.structure()
+    small = {"observed_data": _dataset(observed_data, dims, {}, ())}
     if pretrained is not None:
-        pretrained_values = constrain_all(
-            jax.tree.map(lambda a: np.asarray(a)[:, None], pretrained)
+        values = draw_groups.constrain(
+            jax.tree.map(lambda a: np.asarray(a)[:, None], pretrained), record=False
         )
-
-    # Observed sites and dims from one full-data trace.
-    full_view = model_views.full_data_model(model, subsample_plates)
-    first = jax.tree.map(lambda a: np.asarray(a)[0, 0], posterior)
-    full_trace = trace_model(full_view, first, model_args, model_kwargs)
-    observed = observed_sites(full_trace)
-    dims = site_dims(full_trace, list(observed) + list(posterior))
-    observed_data = {name: np.asarray(site["value"]) for name, site in observed.items()}
-    coords: dict[str, np.ndarray] = {}
-
-    groups: dict[str, dict] = {}
-    if log_likelihood is not False or posterior_predictive:
-        view, coords = likelihood_view(model, subsample_plates, log_likelihood, key_subset)
-
-        def observations(params, key, *arrays):
-            args, kwargs = bind(arrays)
-            return observations_fn(view, args, kwargs, posterior_predictive)(params, key)
-
-        stats = None if memory_stats is None else memory_stats.setdefault("observations", {})
-        replayed = map_draws(
-            observations, posterior, key_ll, *arrays, memory_budget=memory_budget, stats=stats
-        )
-        if log_likelihood is not False:
-            groups["log_likelihood"] = replayed["log_likelihood"]
-        if posterior_predictive:
-            groups["posterior_predictive"] = replayed["posterior_predictive"]
-
+        small["pretrained"] = _dataset(values, dims, {}, ("chain", "draw"))
+    if pretraining:
+        small["pretraining"] = _pretraining_dataset(pretraining)
+    attrs = _attrs(attrs)
+    if isinstance(groups, DrawsFile):
+        return _open_file(groups, small, attrs)
     with warnings.catch_warnings():
         # K members with few draws (the pretrained group has one) is the normal regime here.
         warnings.filterwarnings("ignore", message="More chains")
-        stats_group = {}
-        if sample_stats:
-            stats_group["sample_stats"] = _dataset(sample_stats, {}, {}, ("chain", "draw"))
-        idata = az.InferenceData(
-            posterior=_dataset(posterior, dims, {}, ("chain", "draw")),
-            **stats_group,
-            observed_data=_dataset(observed_data, dims, {}, ()),
+        big = {
             # both replayed groups share the view, hence its coordinates (a data subset)
-            **{
-                name: _dataset(values, dims, coords, ("chain", "draw"))
-                for name, values in groups.items()
-            },
-        )
-        extra = {}
-        if pretrained_values is not None:
-            extra["pretrained"] = _dataset(pretrained_values, dims, {}, ("chain", "draw"))
-        if pretraining:
-            extra["pretraining"] = _pretraining_dataset(pretraining)
-        if extra:
-            idata.add_groups(extra, warn_on_custom_groups=False)
+            name: _dataset(values, dims, draw_groups.coords, ("chain", "draw"))
+            for name, values in groups.items()
+        }
+        standard = {name: small.pop(name) for name in ("observed_data",)}
+        idata = az.InferenceData(**_in_order(big | standard))
+        if small:  # pretrained, pretraining: the ensemble's own groups
+            idata.add_groups(small, warn_on_custom_groups=False)
     for group in idata.groups():
-        idata[group].attrs.update(_attrs(attrs))
+        idata[group].attrs.update(attrs)
     return idata
+
+
+#: The order of the groups (an InferenceData lists them in the order given).
+_ORDER = ("posterior", "sample_stats", "observed_data", "log_likelihood", "posterior_predictive")
+
+
+def _in_order(groups: dict) -> dict:
+    return {name: groups[name] for name in _ORDER if name in groups}
+
+
+def _open_file(draws_file: DrawsFile, small: dict, attrs: dict) -> az.InferenceData:
+    """Add the small groups and ``attrs`` to the closed ``draws_file`` and open it lazily."""
+    with h5netcdf.File(draws_file.path, "a") as handle:
+        for group in handle.groups.values():
+            group.attrs.update(attrs)
+    for name, dataset in small.items():
+        dataset.attrs.update(attrs)
+        dataset.to_netcdf(draws_file.path, mode="a", group=name, engine="h5netcdf")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="More chains")
+        return az.from_netcdf(draws_file.path)
 
 
 def _pretraining_dataset(pretraining: dict) -> xr.Dataset:

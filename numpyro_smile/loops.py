@@ -27,7 +27,7 @@ __all__ = [
     "record_fn",
     "run_steps",
     "sample_chunk_fn",
-    "store",
+    "stream_draws",
 ]
 
 
@@ -76,19 +76,6 @@ def draws_per_chunk(
     return min(chunk, num_draws)
 
 
-def store(host: dict | None, buffer: Any, start: int, count: int, num_draws: int) -> Any:
-    """Copy a chunk ``(chunk, K, ...)`` of draws into the host arrays ``(K, num_draws, ...)``
-    (with several processes every process gets every member's draws)."""
-    chunk = sharding.to_host(buffer)
-    if host is None:
-        host = jax.tree.map(
-            lambda a: np.empty((a.shape[1], num_draws, *a.shape[2:]), a.dtype), chunk
-        )
-    for dest, src in zip(jax.tree.leaves(host), jax.tree.leaves(chunk)):
-        dest[:, start : start + count] = np.swapaxes(src[:count], 0, 1)
-    return host
-
-
 def record_fn(full_batch: bool) -> Callable:
     """``(state, resets) -> {"z", "stats"}``: what a draw keeps (``L`` only in full batch,
     where it is tuned)."""
@@ -134,7 +121,39 @@ def collect_draws(
     Each chunk starts its copy to host memory as soon as it is produced and is stored while
     the next one runs. Returns ``(host draws with leaves (K, num_draws, ...), state)``.
     """
-    host: Any = None
+    host: list = [None]
+
+    def keep(draws, start):
+        if host[0] is None:
+            host[0] = jax.tree.map(
+                lambda a: np.empty((a.shape[0], num_draws, *a.shape[2:]), a.dtype), draws
+            )
+        for dest, src in zip(jax.tree.leaves(host[0]), jax.tree.leaves(draws)):
+            dest[:, start : start + src.shape[1]] = src
+
+    state = stream_draws(sample_chunk, state, arrays, num_draws, chunk, on_chunk, keep)
+    return host[0], state
+
+
+def stream_draws(
+    sample_chunk: Callable,
+    state: Any,
+    arrays: Any,
+    num_draws: int,
+    chunk: int,
+    on_chunk: Callable,
+    consume: Callable,
+) -> Any:
+    """Run the compiled ``sample_chunk`` for ``num_draws`` draws, handing each chunk to
+    ``consume(draws, start)`` on the host (leaves ``(K, count, ...)``, the draws ``start,
+    ..., start + count - 1``), in order, while the next chunk runs; returns the final state.
+
+    Host memory holds one or two chunks at a time, whatever ``num_draws``: what ``consume``
+    keeps of them (all of it in host arrays, a file, a running summary) is its choice. Each
+    chunk is waited for before the previous one is consumed, so that a driver's timings of
+    sampling and of ``consume`` (replays of the model at the draws: computations that would
+    otherwise share the device with the next chunk) each measure their own work.
+    """
     pending: tuple[Any, int, int] | None = None
     for done in range(0, num_draws, chunk):
         count = min(chunk, num_draws - done)
@@ -142,8 +161,16 @@ def collect_draws(
         for leaf in jax.tree.leaves(buffer):
             leaf.copy_to_host_async()
         if pending is not None:
-            host = store(host, pending[0], pending[1], pending[2], num_draws)
+            jax.block_until_ready(buffer)
+            consume(_host_chunk(pending[0], pending[2]), pending[1])
         pending = (buffer, done, count)
         on_chunk(count, state)
     assert pending is not None, "num_draws must be positive"
-    return store(host, pending[0], pending[1], pending[2], num_draws), state
+    consume(_host_chunk(pending[0], pending[2]), pending[1])
+    return state
+
+
+def _host_chunk(buffer: Any, count: int) -> Any:
+    """The first ``count`` rows of a ``(chunk, K, ...)`` buffer as host ``(K, count, ...)``
+    arrays (with several processes every process gets every member's draws)."""
+    return jax.tree.map(lambda a: np.swapaxes(a[:count], 0, 1), sharding.to_host(buffer))

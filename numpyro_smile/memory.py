@@ -23,6 +23,7 @@ outside buffer assignment, and ``temp_size_in_bytes`` reads 0 for a function who
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from collections.abc import Callable
@@ -36,10 +37,13 @@ from jax.extend import core as jax_core
 __all__ = [
     "DEFAULT_REPLAY_BUDGET",
     "HEADROOM",
+    "HOST_MEMORY_SHARE",
     "check_budget",
+    "check_host_limit",
     "device_peak_bytes",
     "peak_live_bytes",
     "peak_rss_bytes",
+    "physical_memory_bytes",
     "reset_peak_rss",
 ]
 
@@ -69,6 +73,32 @@ def check_budget(memory_budget: int | None) -> int:
             f"memory_budget must be at least 1 MiB (2**20 bytes), got {memory_budget}."
         )
     return int(memory_budget)
+
+
+#: Share of the machine's physical memory that an ensemble's kept draws may take in host
+#: memory by default (``SMILEEnsemble(host_memory_limit=None)``).
+HOST_MEMORY_SHARE = 0.5
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's physical memory in bytes (``None`` where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_host_limit(limit: int | None) -> int | None:
+    """``host_memory_limit`` in bytes, validated; ``None``: :data:`HOST_MEMORY_SHARE` of the
+    physical memory (``None`` again, no limit, where that is unknown)."""
+    if limit is None:
+        physical = physical_memory_bytes()
+        return None if physical is None else int(HOST_MEMORY_SHARE * physical)
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ValueError(
+            f"host_memory_limit must be a positive number of bytes (e.g. 4 * 2**30), got {limit!r}."
+        )
+    return int(limit)
 
 
 def peak_live_bytes(fn: Callable, *args: Any) -> int:

@@ -39,8 +39,8 @@ __all__ = [
     "MemberChains",
     "check_after_warmup",
     "counters",
-    "drop_exploring",
     "flat_structure",
+    "keep_draws",
     "member_chains",
     "members_inference_data",
     "pretrain_members",
@@ -242,11 +242,17 @@ def sample_members(
     draws_per_chunk: int | None,
     timings: Timings,
     progress: Progress,
-) -> tuple[dict, Any]:
+    keep: Callable,
+) -> tuple[int, Any]:
     """``num_samples`` steps of every member, every ``thinning``-th kept (a cyclical schedule's
-    exploring draws dropped); returns ``({"z": draws, "stats": sample stats} on host, leaves
-    (K, draws, ...), state)``.
-    ``advance()`` gives the compiled warmup loop, reused for the steps past the last draw."""
+    exploring draws dropped); returns ``(number of kept draws per member, state)``.
+
+    Each chunk of kept draws goes to ``keep(chunk, first_draw)`` on the host as soon as it is
+    produced: ``chunk`` is ``{"z": draws, "stats": sample stats}`` with leaves ``(K, c,
+    ...)``, the kept draws ``first_draw, ..., first_draw + c - 1`` of the run, so host memory
+    holds one chunk at a time (what ``keep`` keeps of it is its choice). ``advance()`` gives
+    the compiled warmup loop, reused for the steps past the last draw.
+    """
     num_members = jax.tree.leaves(state.z)[0].shape[0]
     num_draws = num_samples // thinning
     dim = sum(int(np.prod(np.shape(v)[1:])) for v in jax.tree.leaves(state.z))
@@ -255,75 +261,94 @@ def sample_members(
     )
     sample_chunk = loops.sample_chunk_fn(chains.step, chains.record, thinning, chunk)
     compiled = timings.compile(sample_chunk, state, 1, arrays, what="the sampling loop")
+    kept = [0]
+
+    def consume(draws, start):
+        del start
+        draws = _without_exploring(draws)
+        if jax.tree.leaves(draws)[0].shape[1]:
+            keep(draws, kept[0])
+            kept[0] += jax.tree.leaves(draws)[0].shape[1]
+
     with timings.phase("sampling"):
         progress.start("sampling", num_samples)
         report = reporter(chains.plan, progress, "sampling", thinning)
-        draws, state = loops.collect_draws(compiled, state, arrays, num_draws, chunk, report)
-        leftover = num_samples - num_draws * thinning
-        if leftover:  # steps past the last kept draw, so the chain ran num_samples steps
-            state = advance()(state, leftover, arrays)
-            progress.update(leftover, "sampling")
-    return drop_exploring(draws), state
+        state = loops.stream_draws(compiled, state, arrays, num_draws, chunk, report, consume)
+        state = _leftover(advance, state, arrays, num_samples, num_draws * thinning, progress)
+    if not kept[0]:
+        raise ValueError(_ALL_EXPLORING)
+    return kept[0], state
 
 
-def drop_exploring(draws: dict) -> dict:
-    """Draws of a cyclical schedule without those of exploring steps (the same steps for every
-    member; ``stats["exploring"]`` is then dropped); other draws unchanged."""
+def _leftover(advance, state, arrays, num_samples: int, done: int, progress: Progress):
+    """The steps past the last kept draw, so that the chains ran ``num_samples`` steps."""
+    if num_samples > done:
+        state = advance()(state, num_samples - done, arrays)
+        progress.update(num_samples - done, "sampling")
+    return state
+
+
+_ALL_EXPLORING = (
+    "Every kept draw fell on an exploring step of the cyclical schedule: sample for longer, "
+    "or lower its exploration share."
+)
+
+
+def _without_exploring(draws: dict) -> dict:
+    """``draws`` without those of a cyclical schedule's exploring steps (the same steps for
+    every member; ``stats["exploring"]`` dropped); possibly none."""
     stats = draws["stats"]
     if "exploring" not in stats:
         return draws
     keep = ~np.asarray(stats["exploring"][0], bool)
-    if not keep.any():
-        raise ValueError(
-            "Every kept draw fell on an exploring step of the cyclical schedule: sample for "
-            "longer, or lower its exploration share."
-        )
     stats = {name: value for name, value in stats.items() if name != "exploring"}
     return jax.tree.map(lambda a: a[:, keep], {"z": draws["z"], "stats": stats})
 
 
+def keep_draws(draw_groups: Any, sink: Any, timings: Timings) -> Callable:
+    """``keep(chunk, first_draw)`` for :func:`sample_members`: the chunk's groups
+    (:class:`~numpyro_smile.draw_groups.DrawGroups`: constrained ``posterior``, replayed
+    ``log_likelihood`` and ``posterior_predictive``, ``sample_stats``) appended to ``sink``
+    (:class:`~numpyro_smile.draws_file.HostDraws` or
+    :class:`~numpyro_smile.draws_file.DrawsFile`), timed as ``postprocess_s``."""
+
+    def keep(chunk: dict, first_draw: int) -> None:
+        with timings.phase("postprocess"):
+            groups = draw_groups.groups(chunk["z"], first_draw)
+            groups["sample_stats"] = chunk["stats"]
+            dims, _ = draw_groups.structure()
+            sink.append(groups, dims, draw_groups.coords)
+
+    return keep
+
+
 def members_inference_data(
-    model: Callable,
-    model_args: tuple,
-    model_kwargs: dict,
-    plates: dict,
-    draws: dict,
-    rng_key: jax.Array,
+    draw_groups: Any,
+    sink: Any,
     *,
     pretrained: dict | None,
     pretraining: dict,
     attrs: dict,
-    log_likelihood: bool | int,
-    posterior_predictive: bool,
     memory_budget: int | None,
 ) -> tuple[Any, dict]:
-    """The members' ``arviz.InferenceData`` (:func:`numpyro_smile.inference_data.
-    to_inference_data`) and the memory report: ``peak_rss_bytes`` of the process,
-    ``device_peak_bytes`` where the backend reports it, ``budget_bytes`` and, per replay,
-    its chunking and estimated ``chunk_peak_bytes``."""
+    """The members' ``arviz.InferenceData`` from the draws kept in ``sink`` (:func:`keep_draws`;
+    a :class:`~numpyro_smile.draws_file.DrawsFile` is closed and read lazily: see
+    :func:`numpyro_smile.inference_data.from_groups`), and the memory report:
+    ``peak_rss_bytes`` of the process, ``device_peak_bytes`` where the backend reports it,
+    ``budget_bytes`` and, per replay, its chunking and estimated ``chunk_peak_bytes``."""
     from numpyro_smile import inference_data  # imports ArviZ (seconds): only when needed
+    from numpyro_smile.draws_file import DrawsFile
 
-    replays: dict = {}
-    idata = inference_data.to_inference_data(
-        model,
-        model_args,
-        model_kwargs,
-        subsample_plates=plates,
-        draws=draws["z"],
-        sample_stats=draws["stats"],
-        pretrained=pretrained,
-        pretraining=pretraining,
-        rng_key=rng_key,
-        log_likelihood=log_likelihood,
-        posterior_predictive=posterior_predictive,
-        attrs=attrs,
-        memory_budget=memory_budget,
-        memory_stats=replays,
-    )
+    if isinstance(sink, DrawsFile):
+        sink.close()
+        groups = sink
+    else:
+        groups = sink.groups()
+    idata = inference_data.from_groups(draw_groups, groups, pretrained, pretraining, attrs)
     report = {
         "peak_rss_bytes": memory.peak_rss_bytes(),
         "device_peak_bytes": memory.device_peak_bytes(),
         "budget_bytes": memory.check_budget(memory_budget),
-        **replays,
+        **draw_groups.stats,
     }
     return idata, report

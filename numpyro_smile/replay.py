@@ -25,6 +25,7 @@ share, and nothing here imports ArviZ or xarray:
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from functools import cache
 from typing import Any, NamedTuple
@@ -108,6 +109,7 @@ def map_draws(
     stats: dict | None = None,
     reduce: dict[str, str] | None = None,
     points: PointAxis | None = None,
+    first_draw: int = 0,
 ) -> dict:
     """Apply ``fn(draw, key, *extra) -> pytree`` to every draw, in chunks, onto host memory.
 
@@ -127,6 +129,9 @@ def map_draws(
         stats: a dict to receive ``chunk_size``, ``num_chunks`` (compiled calls) and
             ``chunk_peak_bytes`` (the estimated peak of one chunk); with ``reduce``, also
             ``point_chunk_size`` and ``num_point_chunks``.
+        first_draw: the index of ``draws``' first draw among all of a run's draws: draws
+            (k, s) get the keys of draws (k, ``first_draw`` + s), so a run's draws mapped in
+            parts (streamed chunks) get the keys, hence the results, of one call on them all.
         reduce: ``{name: kind}`` for ``fn`` returning a dict of arrays with these keys: each
             output is reduced over the draws chunk by chunk, inside the compiled call and then
             on the host in float64 (:mod:`numpyro_smile.reductions`), so memory holds one
@@ -156,6 +161,8 @@ def map_draws(
     num_members = jax.tree.leaves(draws)[0].shape[0]
     block = sharding.process_members(num_members)
     if reduce is not None:
+        if first_draw:
+            raise ValueError("map_draws(reduce=...) maps a run's draws in one call: first_draw=0.")
         return _reduce_draws(
             fn, draws, rng_key, *extra, block=block, chunk_size=chunk_size,
             memory_budget=memory_budget, stats=stats, reduce=reduce, points=points,
@@ -164,10 +171,11 @@ def map_draws(
         raise ValueError("map_draws(points=...) needs reduce={output: kind} too.")
     if block is None:
         return _map_draws(fn, draws, rng_key, *extra, chunk_size=chunk_size,
-                          memory_budget=memory_budget, stats=stats)  # fmt: skip
+                          memory_budget=memory_budget, stats=stats,
+                          first_draw=first_draw)  # fmt: skip
     local = _map_draws(
         fn, jax.tree.map(lambda a: a[block], draws), rng_key, *extra, first_member=block.start,
-        chunk_size=chunk_size, memory_budget=memory_budget, stats=stats,
+        chunk_size=chunk_size, memory_budget=memory_budget, stats=stats, first_draw=first_draw,
     )  # fmt: skip
     return sharding.gather_members(local)
 
@@ -181,6 +189,7 @@ def _map_draws(
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     stats: dict | None = None,
+    first_draw: int = 0,
 ) -> dict:
     """:func:`map_draws` in this process, on the members ``first_member, first_member + 1,
     ...`` (their keys are those of their place in the whole ensemble)."""
@@ -190,11 +199,7 @@ def _map_draws(
     # (member, draw) pairs in one flat axis: a chunk may hold fewer draws than members.
     flat = jax.tree.map(lambda a: a.reshape(total, *a.shape[2:]), draws)
 
-    def run_chunk(chunk, members, draw_ids, key, *extra):
-        def per_draw(draw, member, draw_id):
-            return fn(draw, jax.random.fold_in(jax.random.fold_in(key, member), draw_id), *extra)
-
-        return jax.vmap(per_draw)(chunk, members, draw_ids)
+    run_chunk = _chunk_fn(fn)
 
     def chunk_peak(size: int) -> int:
         chunk = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *a.shape[1:]), a.dtype), flat)
@@ -207,7 +212,7 @@ def _map_draws(
             chunk_size=chunk_size, num_chunks=-(-total // chunk_size), chunk_peak_bytes=estimate
         )
 
-    compiled = jax.jit(run_chunk)
+    compiled = _compiled_chunk_fn(fn)
     out = None
     for start in range(0, total, chunk_size):
         size = min(chunk_size, total - start)
@@ -215,6 +220,7 @@ def _map_draws(
         chunk = jax.tree.map(lambda a, ids=ids: a[ids], flat)
         members, draw_ids = np.divmod(ids, num_draws)
         members += first_member
+        draw_ids += first_draw
         result = jax.device_get(
             compiled(
                 chunk,
@@ -425,6 +431,50 @@ def _points_per_chunk(
     size = min(max(size, 1), points.size)
     num_chunks = -(-points.size // size)
     return -(-points.size // num_chunks)  # equal chunks, the last one padded least
+
+
+def _chunk_fn(fn: Callable) -> Callable:
+    """``(chunk, members, draw_ids, key, *extra) -> fn`` vmapped over a chunk of draws, draw
+    (k, s) with the key ``fold_in(fold_in(key, k), s)``."""
+
+    def run_chunk(chunk, members, draw_ids, key, *extra):
+        def per_draw(draw, member, draw_id):
+            return fn(draw, jax.random.fold_in(jax.random.fold_in(key, member), draw_id), *extra)
+
+        return jax.vmap(per_draw)(chunk, members, draw_ids)
+
+    return run_chunk
+
+
+#: ``fn -> jax.jit(_chunk_fn(fn))`` while ``fn`` lives: calls of :func:`map_draws` with the
+#: same ``fn`` (a run's chunks of draws, streamed) share one executable per chunk shape.
+_COMPILED_CHUNK_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled_chunk_fn(fn: Callable) -> Callable:
+    """``jax.jit(_chunk_fn(fn))``, one per ``fn`` (weakly held: the jitted function calls
+    ``fn`` through a weak reference, so the cache never keeps ``fn``, or the data its closure
+    may hold, alive)."""
+    try:
+        return _COMPILED_CHUNK_FNS[fn]
+    except (KeyError, TypeError):  # TypeError: fn is not hashable or weakly referenceable
+        pass
+    try:
+        reference = weakref.ref(fn)
+    except TypeError:
+        return jax.jit(_chunk_fn(fn))
+
+    def call(*args):  # fn is alive whenever this is traced: map_draws holds it
+        function = reference()
+        assert function is not None
+        return function(*args)
+
+    compiled = jax.jit(_chunk_fn(call))
+    try:
+        _COMPILED_CHUNK_FNS[fn] = compiled
+    except TypeError:
+        pass
+    return compiled
 
 
 def observations_fn(

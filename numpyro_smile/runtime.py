@@ -34,6 +34,7 @@ class Timings:
     def __init__(self, on_compile: Callable[[str], None] | None = None) -> None:
         self.seconds: dict[str, float] = {"compile_s": 0.0}
         self.on_compile = on_compile
+        self._phased = 0.0  # seconds counted by phases so far (a phase excludes inner ones)
 
     def compile(self, fn: Callable, *example_args: Any, what: str = "") -> Callable:
         """AOT-compile ``fn`` for ``example_args`` (the compilation timed as ``compile_s``)."""
@@ -47,13 +48,16 @@ class Timings:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time the block as ``"<name>_s"`` (added to what the phase has so far), less the
-        compilation that happened inside it."""
-        start, compiled = time.perf_counter(), self.seconds["compile_s"]
+        compilation and the phases nested inside it (e.g. post-processing each chunk of
+        draws during sampling counts as ``postprocess_s``, not ``sampling_s``)."""
+        start, compiled, phased = time.perf_counter(), self.seconds["compile_s"], self._phased
         try:
             yield
         finally:
             elapsed = time.perf_counter() - start - (self.seconds["compile_s"] - compiled)
+            elapsed -= self._phased - phased
             self.seconds[f"{name}_s"] = self.seconds.get(f"{name}_s", 0.0) + elapsed
+            self._phased += elapsed
 
 
 class Progress:

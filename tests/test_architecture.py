@@ -35,7 +35,7 @@ LAYERS = {
     2: {"sampler", "loops", "sgmcmc"},
     3: {"model_views", "replay", "targets", "models", "datasets"},
     4: {"kernel", "sg_kernels"},
-    5: {"inference_data", "evaluation", "checkpoint"},
+    5: {"inference_data", "evaluation", "checkpoint", "draw_groups", "draws_file"},
     6: {"pipeline", "ensemble", "demo", "step_size_selection"},
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}

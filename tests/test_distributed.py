@@ -232,8 +232,9 @@ def test_two_processes_give_the_draws_of_one(tmp_path):
     # where the work ran: one member per process, a mesh of 2; here both on one device
     assert (multi["num_devices"], multi["local_members"]) == (2, 1)
     assert (single["num_devices"], single["local_members"]) == (1, 2)
-    # each process replayed only its own member's 20 draws for the log-likelihood
-    assert (multi["replay_chunk"], single["replay_chunk"]) == (20, 40)
+    # each process replayed only its own member's draws for the log-likelihood, one chunk of
+    # draws at a time as they were sampled (a draw per member: a twentieth of the 20 draws)
+    assert (multi["replay_chunk"], single["replay_chunk"]) == (1, 2)
     assert multi["posterior"].shape == (2, 20, 3)
     assert not np.array_equal(multi["posterior"][0], multi["posterior"][1])
     for name in ("num_devices", "local_members", "replay_chunk"):

@@ -172,18 +172,22 @@ def test_run_steps_chunk_counts_add_up(advance, num_steps, calls):
     np.testing.assert_array_equal(state.i, np.full(K, num_steps))
 
 
-def test_store_allocates_then_fills_slices():
-    chunk = {"a": jnp.arange(8.0).reshape(4, 2), "b": {"c": jnp.ones((4, 2, 3), jnp.int32)}}
-    host = loops.store(None, chunk, 0, 4, 6)
-    assert host["a"].shape == (2, 6) and host["b"]["c"].shape == (2, 6, 3)
-    assert host["b"]["c"].dtype == np.int32 and isinstance(host["a"], np.ndarray)
-    np.testing.assert_array_equal(host["a"][:, :4], np.arange(8.0).reshape(4, 2).T)
-    second = {"a": -jnp.ones((4, 2)), "b": {"c": 2 * jnp.ones((4, 2, 3), jnp.int32)}}
-    same = loops.store(host, second, 4, 2, 6)  # only the first 2 rows of the chunk
-    assert same is host
-    np.testing.assert_array_equal(host["a"][:, 4:], -np.ones((2, 2)))
-    np.testing.assert_array_equal(host["a"][:, :4], np.arange(8.0).reshape(4, 2).T)
-    np.testing.assert_array_equal(host["b"]["c"][:, 4:], np.full((2, 2, 3), 2))
+def test_stream_draws_hands_each_chunk_to_consume_in_order(sample_chunk):
+    """Chunks ``(K, count, ...)`` on the host, with the index of their first draw; together
+    they are the draws ``collect_draws`` gathers."""
+    seen = []
+    state = loops.stream_draws(
+        sample_chunk, start(), ARRAYS, 11, CHUNK, lambda *a: None,
+        lambda draws, first: seen.append((first, jax.tree.map(np.array, draws))),
+    )  # fmt: skip
+    assert [first for first, _ in seen] == [0, 4, 8]
+    assert [draws["i"].shape for _, draws in seen] == [(K, 4), (K, 4), (K, 3)]
+    assert all(isinstance(draws["x"], np.ndarray) for _, draws in seen)
+    ends, _ = expected_draws(0, 11)
+    np.testing.assert_array_equal(
+        np.concatenate([d["i"] for _, d in seen], 1), np.tile(ends, (K, 1))
+    )
+    np.testing.assert_array_equal(state.i, np.full(K, 11 * THINNING))
 
 
 def test_recorded_resets_add_up_to_the_sampler_reset_count():

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from numpyro_smile import ResetWarning, SMILEConfig, SMILEEnsemble, loops, memory
+from numpyro_smile import ResetWarning, SMILEConfig, SMILEEnsemble, memory, pipeline
 from numpyro_smile.models import mlp_regression
 
 HIDDEN, N, B = (316, 316), 64, 16  # 1 + 316 + 316 * 316 + 316 + 316 + 1 + log_sigma
@@ -54,16 +54,21 @@ def streamed_run() -> SimpleNamespace:
         log_likelihood=False,
         config=SMILEConfig(integrator="leapfrog"),
     )
-    chunks = []  # (live device bytes, bytes of the chunk) after each chunk of draws
+    chunks = []  # (live device bytes, bytes of the chunk) as each chunk of draws is kept
 
-    def store(host, buffer, *args):
-        chunks.append((_live_device_bytes(), sum(a.nbytes for a in jax.tree.leaves(buffer))))
-        return store.original(host, buffer, *args)
+    def keep_draws(*args):
+        keep = keep_draws.original(*args)
 
-    store.original = loops.store
+        def measured_keep(chunk, first_draw):
+            chunks.append((_live_device_bytes(), sum(a.nbytes for a in jax.tree.leaves(chunk))))
+            keep(chunk, first_draw)
+
+        return measured_keep
+
+    keep_draws.original = pipeline.keep_draws
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
         warnings.simplefilter("ignore", ResetWarning)  # not what these tests are about
-        patch.setattr(loops, "store", store)
+        patch.setattr(pipeline, "keep_draws", keep_draws)
         before = _live_device_bytes()
         measure_host = memory.reset_peak_rss()
         host_before = memory.peak_rss_bytes()  # right after a reset: the current resident set
