@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -58,3 +59,75 @@ def test_startup_report_sums_the_ensembles_and_gives_the_ratio():
     text = startup.render({"cases": cases, "ratios": startup.ratios(cases), "config": config})
     assert "processes: second start-up 4.0x faster than the first (met" in text
     assert "cache off: second start-up 1.0x faster than the first (control" in text
+
+
+#: What every record of the image and text benchmarks' results.json holds (the schema in
+#: benchmarks/networks.py's docstring and docs/benchmarks.md).
+NETWORK_RECORD_KEYS = {
+    "method", "seed", "test_accuracy", "test_lppd", "test_ece", "test_brier", "reliability",
+    "num_draws", "wall_s", "compile_s", "pretrain_s", "warmup_s", "sampling_s", "grad_evals",
+    "minibatch_grads", "resets", "peak_rss_mb", "n_train", "batch_size", "num_params",
+    "members", "warmup", "samples", "thinning",
+}  # fmt: skip
+NETWORK_RESULTS_KEYS = {
+    "benchmark", "budget", "command", "date", "machine", "load_before", "load_after", "records",
+}  # fmt: skip
+FINITE = ("test_accuracy", "test_lppd", "test_ece", "test_brier", "wall_s", "peak_rss_mb")
+
+
+def check_network_outputs(out, results: dict, methods: list[str], benchmark: str) -> list[dict]:
+    """The outputs exist, results.json has the documented schema and finite metrics."""
+    assert json.loads((out / "results.json").read_text()) == results
+    assert NETWORK_RESULTS_KEYS <= set(results) and results["benchmark"] == benchmark
+    records = results["records"]
+    assert [r["method"] for r in records] == methods
+    for record in records:
+        assert NETWORK_RECORD_KEYS <= set(record), NETWORK_RECORD_KEYS - set(record)
+        for key in FINITE:
+            assert isinstance(record[key], float) and math.isfinite(record[key]), (key, record)
+        assert 0 <= record["test_accuracy"] <= 1 and 0 <= record["test_ece"] <= 1
+        assert record["test_lppd"] < 0 and record["num_draws"] >= record["members"]
+        curve = record["reliability"]
+        assert len(curve["bin_edges"]) == len(curve["count"]) + 1 == 11
+        assert sum(curve["count"]) > 0 and len(curve["accuracy"]) == 10
+    de, psmile = records
+    assert de["grad_evals"] == 0 and de["compile_s"] is None
+    # psmile: two mini-batch gradients per step and member
+    steps = psmile["members"] * (psmile["warmup"] + psmile["samples"])
+    assert psmile["minibatch_grads"] == 2 * steps and psmile["compile_s"] > 0
+    table = (out / "results.md").read_text()
+    assert "| psmile |" in table and "| de |" in table and "## Targets" in table
+    for name in ("accuracy_lppd_vs_time.png", "reliability.png"):
+        assert (out / name).stat().st_size > 1000
+    return records
+
+
+@pytest.mark.slow
+def test_image_benchmark_tiny(tmp_path):
+    """MNIST-1D CNN, deep ensemble and pSMILE on the tiny budget (the SG baselines share
+    benchmarks/harness.py with the UCI suite, whose smoke test runs them)."""
+    from benchmarks import images
+
+    methods = ["de", "psmile"]
+    results = images.main(["--budget", "tiny", "--methods", *methods, "--out", str(tmp_path)])
+    de, _ = check_network_outputs(tmp_path, results, methods, "images")
+    assert de["num_params"] >= images.MIN_PARAMS and de["n_train"] == 400
+    assert (
+        "psmile's test accuracy, LPPD and ECE each at least as good"
+        in (tmp_path / "results.md").read_text()
+    )
+
+
+@pytest.mark.slow
+def test_text_benchmark_tiny(tmp_path, monkeypatch):
+    """Shakespeare char transformer, deep ensemble and pSMILE on the tiny budget."""
+    from benchmarks import text
+
+    monkeypatch.setenv("SMILE_DATA_DIR", str(data_file(text.TEXT_FILE).parent))
+    methods = ["de", "psmile"]
+    results = text.main(["--budget", "tiny", "--methods", *methods, "--out", str(tmp_path)])
+    records = check_network_outputs(tmp_path, results, methods, "text")
+    for record in records:  # per character: the negative LPPD, over every test character
+        assert record["test_nll_per_char"] == pytest.approx(-record["test_lppd"], rel=1e-4)
+        assert sum(record["reliability"]["count"]) == record["test_chars_scored"]
+    assert "psmile's test NLL per character below" in (tmp_path / "results.md").read_text()
