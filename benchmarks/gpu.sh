@@ -25,6 +25,7 @@ set -u
 OUTDIR="${1:-${OUT:-outputs/gpu}}"
 PYTHON="${PYTHON:-python}"
 mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
 cd "$(dirname "$0")/.."
 
 {

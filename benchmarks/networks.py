@@ -217,9 +217,12 @@ def render(results: dict, targets: Callable[[list[dict]], list[str]], score: tup
                 f"{p['step_size']:.2e}: {p['valid_lppd']}{'' if p['accepted'] else ' (refused)'}"
                 for p in r["grid"]
             )
+            sizes = [p["step_size"] for p in r["grid"]]
+            edge = r["step_size"] in (min(sizes), max(sizes)) and len(sizes) > 1
             lines.append(
                 f"- {r['method']} (seed {r['seed']}): validation LPPD by step size {points}; "
-                f"the other points cost {r['grid_wall_s']:.0f} s"
+                f"chose {r['step_size']:.2e}{' (an edge of the grid)' if edge else ''}; the "
+                f"other points cost {r['grid_wall_s']:.0f} s"
             )
     lines += ["", "## Targets", "", *targets(records), ""]
     return "\n".join(lines)

@@ -1,10 +1,11 @@
-"""The UCI benchmark harness runs end to end on a tiny budget (no timing assertions)."""
+"""The benchmark harnesses run end to end on tiny budgets (no timing assertions)."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 
 from benchmarks import uci
@@ -103,6 +104,7 @@ def check_network_outputs(out, results: dict, methods: list[str], benchmark: str
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::numpyro_smile.diagnostics.ResetWarning")  # 20 warmup steps
 def test_image_benchmark_tiny(tmp_path):
     """MNIST-1D CNN, deep ensemble and pSMILE on the tiny budget (the SG baselines share
     benchmarks/harness.py with the UCI suite, whose smoke test runs them)."""
@@ -118,16 +120,47 @@ def test_image_benchmark_tiny(tmp_path):
     )
 
 
-@pytest.mark.slow
-def test_text_benchmark_tiny(tmp_path, monkeypatch):
-    """Shakespeare char transformer, deep ensemble and pSMILE on the tiny budget."""
-    from benchmarks import text
+def test_text_benchmark_data_metrics_and_report(monkeypatch):
+    """The text benchmark's own parts on its tiny budget, without a sampler (the harness that
+    runs the methods is the image benchmark's, tested end to end above; the transformer's
+    compilations would cost about two minutes here): windows split by position, the model's
+    size, per-character metrics of draws and the report's targets."""
+    import argparse
+
+    import arviz as az
+    from numpyro import handlers
+
+    from benchmarks import networks, text
 
     monkeypatch.setenv("SMILE_DATA_DIR", str(data_file(text.TEXT_FILE).parent))
-    methods = ["de", "psmile"]
-    results = text.main(["--budget", "tiny", "--methods", *methods, "--out", str(tmp_path)])
-    records = check_network_outputs(tmp_path, results, methods, "text")
-    for record in records:  # per character: the negative LPPD, over every test character
-        assert record["test_nll_per_char"] == pytest.approx(-record["test_lppd"], rel=1e-4)
-        assert sum(record["reliability"]["count"]) == record["test_chars_scored"]
-    assert "psmile's test NLL per character below" in (tmp_path / "results.md").read_text()
+    options = dict.fromkeys(networks.OVERRIDES) | {"grid": None, "budget": "tiny"}
+    problem = text.Problem(argparse.Namespace(**options), seed=0)
+    train, _, test = (part[0] for part in problem.split)
+    budget = text.BUDGETS["tiny"]
+    assert train.shape == ((budget["train_chars"] - 1) // text.CONTEXT, text.CONTEXT + 1)
+    assert test.shape[0] == (budget["test_chars"] - 1) // text.CONTEXT
+    assert problem.num_params >= text.MIN_PARAMS
+    assert problem.n_likelihood == problem.n_train * text.CONTEXT
+
+    def draws(seed):  # two members of one draw each, from the prior
+        traces = [
+            handlers.trace(handlers.seed(problem.model, seed + k)).get_trace(test) for k in range(2)
+        ]
+        names = [n for n, s in traces[0].items() if s["type"] == "sample" and not s["is_observed"]]
+        return {n: np.stack([t[n]["value"] for t in traces])[:, None] for n in names}
+
+    records = []
+    for method, seed in (("de", 0), ("psmile", 10)):
+        metrics = problem.metrics(az.from_dict(posterior=draws(seed)))
+        records.append({"method": method, **metrics, **problem.config()})
+    for record in records:
+        assert record["test_nll_per_char"] == -record["test_lppd"] > 0
+        assert 0 <= record["test_accuracy"] <= 1 and math.isfinite(record["test_brier"])
+        assert (
+            sum(record["reliability"]["count"]) == record["test_chars_scored"] == test[:, 1:].size
+        )
+        assert record["num_draws"] == 2
+    lines = text.targets(records)
+    assert lines[0].startswith("- transformer of >= 100,000 parameters: met")
+    better = records[1]["test_lppd"] > records[0]["test_lppd"]
+    assert f"below the deep ensemble's: {'met' if better else 'missed'}" in lines[1]
