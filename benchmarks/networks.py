@@ -247,6 +247,7 @@ def verdict(ok: bool) -> str:
 def plots(records: list[dict], out: Path, score: tuple[str, str]) -> None:
     """``accuracy_lppd_vs_time.png`` and ``reliability.png``."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -264,6 +265,7 @@ def plots(records: list[dict], out: Path, score: tuple[str, str]) -> None:
                     marker="x" if method in SG_METHODS else "o",
                 )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
         ax.set_xlabel("wall time of the method's run, s (log; de: pretraining)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
