@@ -91,33 +91,32 @@ def check_network_outputs(out, results: dict, methods: list[str], benchmark: str
         curve = record["reliability"]
         assert len(curve["bin_edges"]) == len(curve["count"]) + 1 == 11
         assert sum(curve["count"]) > 0 and len(curve["accuracy"]) == 10
-    de, psmile = records
-    assert de["grad_evals"] == 0 and de["compile_s"] is None
-    # psmile: two mini-batch gradients per step and member
-    steps = psmile["members"] * (psmile["warmup"] + psmile["samples"])
-    assert psmile["minibatch_grads"] == 2 * steps and psmile["compile_s"] > 0
+    de = records[0]
+    assert de["method"] == "de" and de["grad_evals"] == 0 and de["compile_s"] is None
+    assert de["num_draws"] == de["members"] and de["pretrain_s"] > 0
+    for record in records[1:]:  # a sampler: two mini-batch gradients per step and member
+        steps = record["members"] * (record["warmup"] + record["samples"])
+        assert record["minibatch_grads"] == 2 * steps and record["compile_s"] > 0
     table = (out / "results.md").read_text()
-    assert "| psmile |" in table and "| de |" in table and "## Targets" in table
+    assert all(f"| {m} |" in table for m in methods) and "## Targets" in table
     for name in ("accuracy_lppd_vs_time.png", "reliability.png"):
         assert (out / name).stat().st_size > 1000
     return records
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::numpyro_smile.diagnostics.ResetWarning")  # 20 warmup steps
 def test_image_benchmark_tiny(tmp_path):
-    """MNIST-1D CNN, deep ensemble and pSMILE on the tiny budget (the SG baselines share
-    benchmarks/harness.py with the UCI suite, whose smoke test runs them)."""
+    """The MNIST-1D CNN benchmark end to end on the tiny budget with the deep ensemble only:
+    data, network, pretraining, metrics, results.json, results.md and plots. (The samplers'
+    runners are benchmarks/harness.py's, run by the UCI smoke test above; a CNN sampler run
+    would add ~20 s of compilation, and notebook 05 runs pSMILE on a CNN.)"""
     from benchmarks import images
 
-    methods = ["de", "psmile"]
+    methods = ["de"]
     results = images.main(["--budget", "tiny", "--methods", *methods, "--out", str(tmp_path)])
-    de, _ = check_network_outputs(tmp_path, results, methods, "images")
+    (de,) = check_network_outputs(tmp_path, results, methods, "images")
     assert de["num_params"] >= images.MIN_PARAMS and de["n_train"] == 400
-    assert (
-        "psmile's test accuracy, LPPD and ECE each at least as good"
-        in (tmp_path / "results.md").read_text()
-    )
+    assert "- CNN of >= 30,000 parameters: met (33,418)" in (tmp_path / "results.md").read_text()
 
 
 def test_text_benchmark_data_metrics_and_report(monkeypatch):
