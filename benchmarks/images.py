@@ -18,11 +18,11 @@ early stopping on the validation set) and every sampler from its members: ``psmi
 validation LPPD from the budget's grid, all at the same number of mini-batch gradients.
 Outputs: see :mod:`benchmarks.networks`. Budgets:
 
-- ``tiny``: seconds of sampling on 400 examples, what the tests run (meaningless numbers);
+- ``tiny``: seconds of sampling on 400 examples, the tests' size (meaningless numbers);
 - ``small``: 4 members, B = 128, pretraining up to 30 epochs, 200 warmup + 400 sampling
   steps (thinning 20), a 2-point grid for the baselines (c = 0.03 and 0.3, no extension):
-  about 11 minutes for all methods on 2 quiet CPU cores (a step of the 4 members' CNN costs
-  ~70 ms there, each run ~15 s of compilation);
+  about 11 minutes for all methods on 2 quiet CPU cores by estimate (a step of the 4
+  members' CNN costs ~70 ms there, each run ~15 s of compilation);
 - ``paper``: the SMILE paper's protocol (8 members, B = 512, 5,000 warmup and 10,000
   sampling steps thinned by 100, a 6-point grid), for an accelerator.
 

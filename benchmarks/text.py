@@ -18,12 +18,12 @@ the number of training characters. The score is the test NLL per character (nats
 negative per-character LPPD: ``test_nll_per_char``), with next-character accuracy, ECE and
 Brier score over the test characters. Outputs: see :mod:`benchmarks.networks`. Budgets:
 
-- ``tiny``: 20,000 training characters and seconds of sampling, what the tests run;
+- ``tiny``: 20,000 training characters and seconds of sampling (the tests' size);
 - ``small``: 200,000 training characters, 4 members, B = 8 windows (256 characters), 600
   pretraining steps (batches of 16 windows), 150 warmup + 300 sampling steps (thinning 15),
   a 2-point grid for the baselines (c = 0.03 and 0.3, no extension): about 14 minutes for
-  all methods on 2 quiet CPU cores (a step of the 4 members' transformer costs ~110 ms
-  there, each run ~30 s of compilation);
+  all methods on 2 quiet CPU cores by estimate (a step of the 4 members' transformer costs
+  ~110 ms there, each run ~30 s of compilation);
 - ``paper``: the whole training text, the SMILE paper's protocol (8 members, B = 16 windows
   = 512 characters, 5,000 warmup and 10,000 sampling steps thinned by 100), for an
   accelerator.
