@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck format benchmark benchmark-uci benchmark-scale notebooks docs clean
+.PHONY: demo test test-fast lint typecheck format benchmark benchmark-uci benchmark-scale benchmark-images benchmark-text notebooks docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ benchmark: $(STAMP)  ## step overhead of SMILE vs raw mini-batch gradients
 
 benchmark-uci: $(STAMP)  ## every method side by side on UCI airfoil (small budget)
 	$(PY) -m benchmarks.uci --data $${SMILE_DATA_DIR:-../shared/data}/airfoil.data --budget small --out outputs/uci_small_airfoil
+
+benchmark-images: $(STAMP)  ## MNIST-1D CNN, every method (small budget, ~15 minutes on 2 cores)
+	$(PY) -m benchmarks.images --budget small --out outputs/images_small
+
+benchmark-text: $(STAMP)  ## Shakespeare char transformer, every method (small budget, ~15 minutes)
+	$(PY) -m benchmarks.text --budget small --out outputs/text_small
 
 benchmark-scale: $(STAMP)  ## step time and memory at N = 1e4..1e6 (about 5 minutes)
 	$(PY) -m benchmarks.scale

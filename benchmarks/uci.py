@@ -4,7 +4,8 @@ Protocol of the MILE and SMILE papers' UCI experiments: standardise, shuffle wit
 split 70/10/20; an MLP (``--hidden``, default 16-16) with N(0, 1) priors; regression (Gaussian
 likelihood with a learned noise scale) or classification (categorical; chosen automatically
 for integer targets). For each seed, one deep ensemble (``de``: ``SMILEEnsemble``'s
-pretraining, AdamW with early stopping) is trained and **every sampler starts from its K members**:
+pretraining, AdamW with early stopping) is trained and **every sampler starts from its K members**
+(the protocol shared with the image and text benchmarks, :mod:`benchmarks.harness`):
 
 * ``psmile``, ``smile``, ``smile-naive``: our kernel in mini-batch mode (B = ``--batch-size``,
   at most a quarter of the training set): with the gradient-noise preconditioner, without it,
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from functools import partial
@@ -54,23 +54,12 @@ import jax
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_smile import (
-    SGHMC,
-    SGLD,
-    AdaSGHMC,
-    SMILEConfig,
-    SMILEEnsemble,
-    cyclical,
-    evaluate,
-    memory,
-    select_step_size,
-)
+from benchmarks import harness
+from benchmarks.harness import SG_METHODS, mean
+from numpyro_smile import evaluate
 from numpyro_smile.datasets import load_table, split_standardize
-from numpyro_smile.kernel import KernelAdapter
 from numpyro_smile.models import mlp_classification, mlp_regression
 
-#: The stochastic-gradient baselines (our kernels, step size chosen on a validation grid).
-SG_METHODS = ("sgld", "sghmc", "adasghmc", "csgld")
 METHODS = ("de", "psmile", "smile", "smile-naive", "mile", "nuts", *SG_METHODS)
 
 BUDGETS = {
@@ -89,26 +78,6 @@ BUDGETS = {
 }  # fmt: skip
 # (tiny: one grid point; every point of a grid compiles its own loop, and select_step_size's
 # choice among several is tested in tests/test_sgmcmc.py)
-#: Step sizes of the baselines' grids, c in ``grid`` times a scale set by N_train: SGLD's
-#: step is a variance (stable below ~1 / (largest curvature) ~ 1 / N), SGHMC's a time step
-#: (stable below ~1 / sqrt(N)); c = 1 is near the stability limit of a unit-curvature datum.
-#: cSGLD's grid scales the peak of its cycles as SGLD's; AdaSGHMC's centres on Springenberg
-#: et al.'s default 0.01 / sqrt(N) (c = 0.1), its step being scale-free.
-GRID_SCALE = {
-    "sgld": lambda n: 0.1 / n,
-    "csgld": lambda n: 0.1 / n,
-    "sghmc": lambda n: 1.0 / math.sqrt(n),
-    "adasghmc": lambda n: 0.1 / math.sqrt(n),
-}
-#: SGHMC as BlackJAX's ``sghmc`` kernel runs it (and the suite's earlier numbers did): 10
-#: steps per mini-batch from a fresh momentum at every call, friction ``alpha`` = 0.01 per
-#: unit time (BlackJAX's default), i.e. ``momentum_decay = alpha * step_size`` per step.
-SGHMC_STEPS = 10
-SGHMC_FRICTION = 0.01
-#: cSGLD: cosine cycles over the sampling steps (Zhang et al. 2020); the first half of each
-#: explores (no noise, draws dropped), warmup explores at the peak step size.
-CSGLD_CYCLES = 4
-NAIVE_STEP_SIZE = 1e-3
 
 
 class Problem:
@@ -123,6 +92,7 @@ class Problem:
         )
         self.split = split_standardize(X, y, seed, classification=self.classification)
         self.n_train = len(self.split.train[1])
+        self.n_likelihood = self.n_train
         self.batch_size = min(args.batch_size, self.n_train // 4)
         hidden = tuple(args.hidden)
         if self.classification:
@@ -150,86 +120,6 @@ class Problem:
         scores = evaluate(self.model, idata, *data, group=group)
         renamed = {f"{on}_{k}": float(v) for k, v in scores.items() if k != "num_draws"}
         return renamed | {"num_draws": int(scores["num_draws"])}
-
-
-def ensemble_settings(problem: Problem, **kwargs) -> dict:
-    """``SMILEEnsemble``'s settings of the budget (``kwargs`` override them)."""
-    budget = problem.budget
-    settings = {
-        "num_members": budget["members"],
-        "num_warmup": budget["warmup"],
-        "num_samples": budget["samples"],
-        "thinning": budget["thinning"],
-        "pretrain_epochs": budget["pretrain_epochs"],
-        "log_likelihood": False,
-        "progress_bar": False,
-    }
-    return settings | kwargs
-
-
-def ensemble(problem: Problem, **kwargs) -> SMILEEnsemble:
-    return SMILEEnsemble(problem.model, **ensemble_settings(problem, **kwargs))
-
-
-def run_de(problem: Problem) -> tuple[dict, dict]:
-    """Pretrain the deep ensemble once (with a short chain that is not reported)."""
-    runner = ensemble(problem, num_warmup=0, num_samples=1, thinning=1)
-    start = time.perf_counter()
-    idata = runner.run(problem.key, *problem.split.train, validation=problem.split.valid)
-    record = {
-        "method": "de",
-        **problem.metrics(idata, "pretrained"),
-        "wall_s": runner.timings["pretrain_s"],
-        "compile_s": None,
-        "pretrain_s": runner.timings["pretrain_s"],
-        "warmup_s": 0.0,
-        "sampling_s": 0.0,
-        "grad_evals": 0.0,
-        "pretrain_grad_evals": _pretrain_grad_evals(idata, problem, runner),
-        "resets": 0,
-        "setup_s": time.perf_counter() - start,
-    }
-    return record, runner.pretrained_params
-
-
-def _pretrain_grad_evals(idata, problem, runner: SMILEEnsemble) -> float:
-    epochs = idata.pretraining["num_epochs"].values.sum()
-    batch = min(runner.pretrain_batch_size or problem.batch_size, problem.n_train)
-    per_epoch = (problem.n_train // batch) * batch
-    return float(epochs * per_epoch / problem.n_train)
-
-
-def run_smile_family(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
-    config = {
-        "psmile": SMILEConfig(),
-        "smile": SMILEConfig(precondition=False),
-        "smile-naive": SMILEConfig(adapt=False, precondition=False, step_size=NAIVE_STEP_SIZE),
-        "mile": SMILEConfig(),
-    }[method]
-    runner = ensemble(problem, config=config, full_batch=method == "mile", pretrain_epochs=0)
-    start = time.perf_counter()
-    idata = runner.run(
-        jax.random.fold_in(problem.key, 1), *problem.split.train, init_params=de_params
-    )
-    wall = time.perf_counter() - start
-    budget = problem.budget
-    steps = budget["members"] * (budget["warmup"] + budget["samples"])
-    share = 1.0 if method == "mile" else problem.batch_size / problem.n_train
-    timings = runner.timings
-    state = runner.last_state
-    return {
-        "method": method,
-        **problem.metrics(idata),
-        "wall_s": wall,
-        "compile_s": timings["compile_s"],
-        "pretrain_s": de["pretrain_s"],
-        "warmup_s": timings["warmup_s"] + timings["init_s"],
-        "sampling_s": timings["sampling_s"],
-        "grad_evals": 2.0 * steps * share,  # McLachlan: two gradients per step
-        "resets": int(np.sum(state.num_resets)),
-        "step_size": np.asarray(state.step_size).tolist(),
-        "L": np.asarray(state.L).tolist() if method == "mile" else None,
-    }
 
 
 def run_nuts(problem: Problem, de_params: dict, de: dict) -> dict:
@@ -279,122 +169,11 @@ def run_nuts(problem: Problem, de_params: dict, de: dict) -> dict:
     }
 
 
-def sg_kernel(problem: Problem, method: str, step_size: float, sampling: int) -> KernelAdapter:
-    """The baseline ``method``'s kernel at ``step_size`` (cSGLD: the peak of its cycles over
-    the ``sampling`` steps)."""
-    model = problem.model
-    if method == "sgld":
-        return SGLD(model, step_size=step_size, verbose=False)
-    if method == "csgld":
-        schedule = cyclical(step_size, sampling, CSGLD_CYCLES)
-        return SGLD(model, step_size=schedule, verbose=False)
-    if method == "adasghmc":
-        return AdaSGHMC(model, step_size=step_size, verbose=False)
-    return SGHMC(
-        model, step_size=step_size, momentum_decay=SGHMC_FRICTION * step_size,
-        num_integration_steps=SGHMC_STEPS, refresh_momentum=True, verbose=False,
-    )  # fmt: skip
-
-
-def run_sg(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
-    """A stochastic-gradient baseline (our kernels, from the deep ensemble's members) with the
-    step size chosen on validation LPPD from the budget's grid (``select_step_size``)."""
-    budget = problem.budget
-    grads_per_step = SGHMC_STEPS if method == "sghmc" else 1
-    # the same number of mini-batch gradients as psmile (two per McLachlan step)
-    warmup = max(1, 2 * budget["warmup"] // grads_per_step)
-    sampling = max(1, 2 * budget["samples"] // grads_per_step)
-    draws = min(budget["samples"] // budget["thinning"], sampling)
-    thinning = sampling // draws
-    selection = select_step_size(
-        lambda step_size: sg_kernel(problem, method, step_size, sampling),
-        [c * GRID_SCALE[method](problem.n_train) for c in budget["grid"]],
-        problem.model,
-        *problem.split.train,
-        rng_key=jax.random.fold_in(problem.key, 3),
-        validation=problem.split.valid,
-        init_params=de_params,
-        **ensemble_settings(
-            problem, num_warmup=warmup, num_samples=sampling, thinning=thinning, pretrain_epochs=0
-        ),
-    )
-    chosen = next(p for p in selection.grid if p.step_size == selection.step_size)
-    timings = selection.ensemble.timings
-    others = [p for p in selection.grid if p is not chosen]
-    return {
-        "method": method,
-        **problem.metrics(selection.idata),
-        "wall_s": chosen.wall_s + chosen.compile_s,
-        "compile_s": chosen.compile_s,
-        "pretrain_s": de["pretrain_s"],
-        "warmup_s": timings["warmup_s"] + timings["init_s"],
-        "sampling_s": timings["sampling_s"],
-        "grad_evals": chosen.grad_evals,
-        "resets": int(np.sum(selection.ensemble.last_state.num_resets)),
-        "step_size": selection.step_size,
-        "grid": [
-            {
-                "step_size": p.step_size,
-                "valid_lppd": p.valid_lppd,
-                "worst_member_lppd": min(p.member_lppd, default=-math.inf),
-                "accepted": p.accepted,
-            }
-            for p in selection.grid
-        ],
-        # what the other grid points cost, their compilation included (the step size is a
-        # static setting of a kernel: every point compiles its own loop)
-        "grid_wall_s": sum(p.wall_s + p.compile_s for p in others),
-        "grid_grad_evals": selection.grid_grad_evals,
-    }
-
-
 def run_problem(args: argparse.Namespace, seed: int) -> list[dict]:
-    problem = Problem(args, seed)
-    # Each method's own peak resident set (Linux; elsewhere the process's peak so far).
-    memory.reset_peak_rss()
-    de, de_params = run_de(problem)
-    de["peak_rss_mb"] = memory.peak_rss_bytes() / 2**20
-    records = []
-    for method in args.methods:
-        memory.reset_peak_rss()
-        if method == "de":
-            record = de
-        elif method in ("psmile", "smile", "smile-naive", "mile"):
-            record = run_smile_family(problem, method, de_params, de)
-        elif method == "nuts":
-            record = run_nuts(problem, de_params, de)
-        else:
-            record = run_sg(problem, method, de_params, de)
-        record = {
-            **record,
-            "total_s": record["wall_s"] + de["pretrain_s"],
-            "peak_rss_mb": record.get("peak_rss_mb", memory.peak_rss_bytes() / 2**20),
-            **problem.config(),
-        }
-        records.append(_rounded(record))
-        print(json.dumps(records[-1]), flush=True)
-    return records
-
-
-def _rounded(record: dict) -> dict:
-    def round_(value):
-        if isinstance(value, float):
-            return float(f"{value:.5g}") if math.isfinite(value) else None
-        if isinstance(value, list):
-            return [round_(v) for v in value]
-        if isinstance(value, dict):
-            return {k: round_(v) for k, v in value.items()}
-        return value
-
-    return {k: round_(v) for k, v in record.items()}
+    return harness.run_methods(Problem(args, seed), args.methods, extra={"nuts": run_nuts})
 
 
 # ------------------------------------------------------------------------- reporting
-
-
-def _mean(records, key):
-    values = [r[key] for r in records if r.get(key) is not None]
-    return float(np.mean(values)) if values else math.nan
 
 
 def markdown(records: list[dict]) -> str:
@@ -414,9 +193,9 @@ def markdown(records: list[dict]) -> str:
             step = mine[0].get("step_size")
             step = f"{np.mean(step):.2e}" if step is not None else ""
             lines.append(
-                f"| {method} | {_mean(mine, 'test_lppd'):.3f} | {_mean(mine, score):.3f} "
-                f"| {_mean(mine, 'wall_s'):.1f} | {_mean(mine, 'grad_evals'):.0f} "
-                f"| {_mean(mine, 'resets'):.0f} | {step} |"
+                f"| {method} | {mean(mine, 'test_lppd'):.3f} | {mean(mine, score):.3f} "
+                f"| {mean(mine, 'wall_s'):.1f} | {mean(mine, 'grad_evals'):.0f} "
+                f"| {mean(mine, 'resets'):.0f} | {step} |"
             )
         lines += ["", *targets(rows), ""]
     return "\n".join(lines)
@@ -426,7 +205,7 @@ def targets(rows: list[dict]) -> list[str]:
     """The suite's targets, each with its verdict and margin (where the methods ran)."""
 
     def get(method, key):
-        return _mean([r for r in rows if r["method"] == method], key)
+        return mean([r for r in rows if r["method"] == method], key)
 
     out = []
     methods = {r["method"] for r in rows}

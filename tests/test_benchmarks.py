@@ -1,9 +1,11 @@
-"""The UCI benchmark harness runs end to end on a tiny budget (no timing assertions)."""
+"""The benchmark harnesses run end to end on tiny budgets (no timing assertions)."""
 
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 
 from benchmarks import uci
@@ -58,3 +60,106 @@ def test_startup_report_sums_the_ensembles_and_gives_the_ratio():
     text = startup.render({"cases": cases, "ratios": startup.ratios(cases), "config": config})
     assert "processes: second start-up 4.0x faster than the first (met" in text
     assert "cache off: second start-up 1.0x faster than the first (control" in text
+
+
+#: What every record of the image and text benchmarks' results.json holds (the schema in
+#: benchmarks/networks.py's docstring and docs/benchmarks.md).
+NETWORK_RECORD_KEYS = {
+    "method", "seed", "test_accuracy", "test_lppd", "test_ece", "test_brier", "reliability",
+    "num_draws", "wall_s", "compile_s", "pretrain_s", "warmup_s", "sampling_s", "grad_evals",
+    "minibatch_grads", "resets", "peak_rss_mb", "n_train", "batch_size", "num_params",
+    "members", "warmup", "samples", "thinning",
+}  # fmt: skip
+NETWORK_RESULTS_KEYS = {
+    "benchmark", "budget", "command", "date", "machine", "load_before", "load_after", "records",
+}  # fmt: skip
+FINITE = ("test_accuracy", "test_lppd", "test_ece", "test_brier", "wall_s", "peak_rss_mb")
+
+
+def check_network_outputs(out, results: dict, methods: list[str], benchmark: str) -> list[dict]:
+    """The outputs exist, results.json has the documented schema and finite metrics."""
+    assert json.loads((out / "results.json").read_text()) == results
+    assert NETWORK_RESULTS_KEYS <= set(results) and results["benchmark"] == benchmark
+    records = results["records"]
+    assert [r["method"] for r in records] == methods
+    for record in records:
+        assert NETWORK_RECORD_KEYS <= set(record), NETWORK_RECORD_KEYS - set(record)
+        for key in FINITE:
+            assert isinstance(record[key], float) and math.isfinite(record[key]), (key, record)
+        assert 0 <= record["test_accuracy"] <= 1 and 0 <= record["test_ece"] <= 1
+        assert record["test_lppd"] < 0 and record["num_draws"] >= record["members"]
+        curve = record["reliability"]
+        assert len(curve["bin_edges"]) == len(curve["count"]) + 1 == 11
+        assert sum(curve["count"]) > 0 and len(curve["accuracy"]) == 10
+    de = records[0]
+    assert de["method"] == "de" and de["grad_evals"] == 0 and de["compile_s"] is None
+    assert de["num_draws"] == de["members"] and de["pretrain_s"] > 0
+    for record in records[1:]:  # a sampler: two mini-batch gradients per step and member
+        steps = record["members"] * (record["warmup"] + record["samples"])
+        assert record["minibatch_grads"] == 2 * steps and record["compile_s"] > 0
+    table = (out / "results.md").read_text()
+    assert all(f"| {m} |" in table for m in methods) and "## Targets" in table
+    for name in ("accuracy_lppd_vs_time.png", "reliability.png"):
+        assert (out / name).stat().st_size > 1000
+    return records
+
+
+@pytest.mark.slow
+def test_image_benchmark_tiny(tmp_path):
+    """The MNIST-1D CNN benchmark end to end on the tiny budget with the deep ensemble only:
+    data, network, pretraining, metrics, results.json, results.md and plots. (The samplers'
+    runners are benchmarks/harness.py's, run by the UCI smoke test above; a CNN sampler run
+    would add ~20 s of compilation, and notebook 05 runs pSMILE on a CNN.)"""
+    from benchmarks import images
+
+    methods = ["de"]
+    results = images.main(["--budget", "tiny", "--methods", *methods, "--out", str(tmp_path)])
+    (de,) = check_network_outputs(tmp_path, results, methods, "images")
+    assert de["num_params"] >= images.MIN_PARAMS and de["n_train"] == 400
+    assert "- CNN of >= 30,000 parameters: met (33,418)" in (tmp_path / "results.md").read_text()
+
+
+def test_text_benchmark_data_metrics_and_report(monkeypatch):
+    """The text benchmark's own parts on its tiny budget, without a sampler (the harness that
+    runs the methods is the image benchmark's, tested end to end above; the transformer's
+    compilations would cost about two minutes here): windows split by position, the model's
+    size, per-character metrics of draws and the report's targets."""
+    import argparse
+
+    import arviz as az
+    from numpyro import handlers
+
+    from benchmarks import networks, text
+
+    monkeypatch.setenv("SMILE_DATA_DIR", str(data_file(text.TEXT_FILE).parent))
+    options = dict.fromkeys(networks.OVERRIDES) | {"grid": None, "budget": "tiny"}
+    problem = text.Problem(argparse.Namespace(**options), seed=0)
+    train, _, test = (part[0] for part in problem.split)
+    budget = text.BUDGETS["tiny"]
+    assert train.shape == ((budget["train_chars"] - 1) // text.CONTEXT, text.CONTEXT + 1)
+    assert test.shape[0] == (budget["test_chars"] - 1) // text.CONTEXT
+    assert problem.num_params >= text.MIN_PARAMS
+    assert problem.n_likelihood == problem.n_train * text.CONTEXT
+
+    def draws(seed):  # two members of one draw each, from the prior
+        traces = [
+            handlers.trace(handlers.seed(problem.model, seed + k)).get_trace(test) for k in range(2)
+        ]
+        names = [n for n, s in traces[0].items() if s["type"] == "sample" and not s["is_observed"]]
+        return {n: np.stack([t[n]["value"] for t in traces])[:, None] for n in names}
+
+    records = []
+    for method, seed in (("de", 0), ("psmile", 10)):
+        metrics = problem.metrics(az.from_dict(posterior=draws(seed)))
+        records.append({"method": method, **metrics, **problem.config()})
+    for record in records:
+        assert record["test_nll_per_char"] == -record["test_lppd"] > 0
+        assert 0 <= record["test_accuracy"] <= 1 and math.isfinite(record["test_brier"])
+        assert (
+            sum(record["reliability"]["count"]) == record["test_chars_scored"] == test[:, 1:].size
+        )
+        assert record["num_draws"] == 2
+    lines = text.targets(records)
+    assert lines[0].startswith("- transformer of >= 100,000 parameters: met")
+    better = records[1]["test_lppd"] > records[0]["test_lppd"]
+    assert f"below the deep ensemble's: {'met' if better else 'missed'}" in lines[1]

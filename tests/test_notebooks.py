@@ -30,6 +30,7 @@ NOTEBOOKS = (
     "02_bnn_regression_uci.ipynb",
     "03_bnn_classification.ipynb",
     "04_sharded_ensemble.ipynb",
+    "05_cnn_mnist1d.ipynb",
 )
 #: Real data files a notebook reads (from SMILE_DATA_DIR); without them its test skips.
 DATA_FILES = {"02_bnn_regression_uci.ipynb": ("airfoil.data",)}
@@ -46,7 +47,7 @@ def load_strip_module():
     return module
 
 
-def test_the_four_notebooks_are_there():
+def test_the_notebooks_are_there():
     assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == list(NOTEBOOKS)
 
 
@@ -177,11 +178,24 @@ def check_sharded(results: dict) -> None:
     assert results["early_losses_match"] is True and results["draws_match"] is True, results
 
 
+def check_cnn(results: dict) -> None:
+    assert results["num_params"] > 0 and results["num_test"] == 200, results
+    for group in ("deep_ensemble", "psmile"):
+        metrics = results[group]
+        finite(metrics, "lppd", "accuracy", "ece", "brier")
+        assert 0.0 <= metrics["ece"] <= 1.0 and 0.0 <= metrics["brier"] <= 2.0, results
+        # ten classes, three pretraining epochs on 400 signals: above chance (0.1), no more
+        assert metrics["accuracy"] > 0.15, results
+    # the reliability diagram's bins hold every test signal
+    assert results["reliability_counts"] == {"deep ensemble": 200, "pSMILE": 200}, results
+
+
 CHECKS = {
     NOTEBOOKS[0]: (check_quickstart, 2),
     NOTEBOOKS[1]: (check_regression, 1),
     NOTEBOOKS[2]: (check_classification, 1),
     NOTEBOOKS[3]: (check_sharded, 1),
+    NOTEBOOKS[4]: (check_cnn, 2),
 }
 
 
