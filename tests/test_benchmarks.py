@@ -44,6 +44,31 @@ def test_uci_harness_smoke(tmp_path):
         assert (tmp_path / name).stat().st_size > 1000
 
 
+def test_psmile_frontier_gaps_and_batch_sizes():
+    """The frontier benchmark's arithmetic: each variant's mini-batch (its gradient budget)
+    and the per-seed gap to MILE, averaged with its standard error (runs are benchmarks)."""
+    from types import SimpleNamespace
+
+    from benchmarks import psmile_frontier
+
+    problem = SimpleNamespace(n_train=1000, batch_size=250)
+    assert psmile_frontier.batch_size(problem, "mile") == 1000
+    assert psmile_frontier.batch_size(problem, "psmile") == 250
+    assert psmile_frontier.batch_size(problem, "psmile-B=N/8") == 125
+    assert psmile_frontier.batch_size(problem, "psmile-angle=0.4") == 250
+
+    def record(variant, seed, lppd, share):
+        return dict(data="toy", seed=seed, variant=variant, test_lppd=lppd, test_rmse=0.1,
+                    grad_share=share, reset_rate=0.02, step_size=[1e-2])  # fmt: skip
+
+    records = [record("mile", 1, 0.5, 1.0), record("mile", 2, 0.3, 1.0),
+               record("psmile", 1, 0.4, 0.25), record("psmile", 2, 0.1, 0.25)]  # fmt: skip
+    table = psmile_frontier.summarise(records)
+    row = next(line for line in table.splitlines() if "| psmile |" in line)
+    # gaps -0.1 and -0.2: mean -0.15, standard error 0.05; LPPD mean 0.25 (se 0.15)
+    assert "| 0.250 | 2 | +0.250 (0.150) | -0.150 (0.050) |" in row
+
+
 def test_startup_report_sums_the_ensembles_and_gives_the_ratio():
     """The start-up benchmark's arithmetic (its runs take minutes: a benchmark, not a test)."""
     from benchmarks import startup
