@@ -15,6 +15,12 @@ number of steps, so that a variant's gradient budget is set by its mini-batch si
 * ``psmile-L=mile``: partial momentum refresh in mini-batch mode, with the median of the
   decoherence lengths MILE tuned on the same data (a trajectory length of MILE's kind).
 
+``--control-variate-diagnostic`` measures instead what a control variate would remove from
+the mini-batch gradient noise: at the positions of MILE chains (2,000 warmup and 500
+sampling steps from the deep ensemble's members), the variance over data points of the per-datum
+gradient, plain and minus the same gradient at a reference point (each member's pretrained
+point, and points at distances r in a random direction), summed over coordinates.
+
 ``grad_share`` is a run's full-data-equivalent gradient evaluations over MILE's (the issue's
 goal: at most 1/4, with the test LPPD within 0.05 of MILE's). Each record also holds test RMSE,
 wall time (on a shared machine: a rough figure), resets and final step sizes. Results
@@ -105,6 +111,54 @@ def run_variant(problem: uci.Problem, variant: str, de_params: dict, mile_L: flo
     }
 
 
+def control_variate_ratios(
+    problem: uci.Problem, de_params: dict, distances=(0.03, 0.1, 0.3, 1.0, 3.0), members: int = 4
+) -> list[dict]:
+    """Per member: tr Var_i[g_i(x) - g_i(x_ref)] / tr Var_i[g_i(x)], with g_i the gradient of
+    datum i's potential (unconstrained coordinates) at a MILE position x, for x_ref the
+    member's pretrained point and for x_ref = x + r v (v a random unit vector)."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy
+
+    warmup, samples = min(2000, problem.budget["warmup"]), min(500, problem.budget["samples"])
+    settings = harness.ensemble_settings(problem, pretrain_epochs=0, num_warmup=warmup)
+    settings |= {"num_samples": samples, "thinning": samples}
+    runner = SMILEEnsemble(problem.model, full_batch=True, **settings)
+    runner.run(problem.key, *problem.split.train, init_params=de_params)
+    X, y = (jax.numpy.asarray(a) for a in problem.split.train)
+
+    @jax.jit
+    def per_datum_grads(params):
+        def one(x, t):
+            grad = jax.grad(
+                lambda q: potential_energy(problem.full_model, (x[None], t[None]), {}, q)
+            )
+            return ravel_pytree(grad(params))[0]
+
+        return jax.vmap(one)(X, y)
+
+    def ratio(g, g_ref):
+        return float(jax.numpy.var(g - g_ref, axis=0).sum() / jax.numpy.var(g, axis=0).sum())
+
+    rows = []
+    for k in range(min(members, problem.budget["members"])):
+        x = jax.tree.map(lambda a, k=k: a[k], runner.last_state.z)
+        start = jax.tree.map(lambda a, k=k: a[k], de_params)
+        flat, unravel = ravel_pytree(x)
+        g = per_datum_grads(x)
+        row = {
+            "member": k,
+            "distance_to_pretrained": float(jax.numpy.linalg.norm(flat - ravel_pytree(start)[0])),
+            "ratio_pretrained": ratio(g, per_datum_grads(start)),
+        }
+        direction = jax.random.normal(jax.random.fold_in(jax.random.key(0), k), flat.shape)
+        direction = direction / jax.numpy.linalg.norm(direction)
+        for r in distances:
+            row[f"ratio_r={r}"] = ratio(g, per_datum_grads(unravel(flat + r * direction)))
+        rows.append(row)
+    return rows
+
+
 def summarise(records: list[dict]) -> str:
     """Mean (standard error over seeds) of test LPPD and its gap to MILE, per file and variant."""
     lines = [
@@ -143,9 +197,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--budget", choices=sorted(uci.BUDGETS), default="small")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--control-variate-diagnostic", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.control_variate_diagnostic:
+        rows = []
+        for data in args.data:
+            for seed in args.seeds:
+                problem_args = argparse.Namespace(
+                    data=data, task="regression", batch_size=256, hidden=[16, 16],
+                    budget=args.budget,
+                )  # fmt: skip
+                problem = uci.Problem(problem_args, seed)
+                _, de_params = harness.run_de(problem)
+                for row in control_variate_ratios(problem, de_params):
+                    rows.append({"data": problem.name, "seed": seed, **row})
+                    print(rows[-1], flush=True)
+        (out / "control_variates.json").write_text(json.dumps(rows, indent=1))
+        return rows
     path = out / "frontier.json"
     records: list[dict] = json.loads(path.read_text()) if path.exists() else []
     done = {(r["data"], r["seed"], r["variant"]) for r in records}
