@@ -60,6 +60,14 @@ VARIANTS = (
 )
 
 
+def uci_problem(data: str, seed: int, budget: str) -> uci.Problem:
+    """The UCI suite's problem (split, MLP 16-16 regression, B = min(256, N/4)) of a file."""
+    problem_args = argparse.Namespace(
+        data=data, task="regression", batch_size=256, hidden=[16, 16], budget=budget
+    )
+    return uci.Problem(problem_args, seed)
+
+
 def batch_size(problem: uci.Problem, variant: str) -> int:
     """The variant's mini-batch size (N for MILE)."""
     if variant == "mile":
@@ -205,11 +213,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = []
         for data in args.data:
             for seed in args.seeds:
-                problem_args = argparse.Namespace(
-                    data=data, task="regression", batch_size=256, hidden=[16, 16],
-                    budget=args.budget,
-                )  # fmt: skip
-                problem = uci.Problem(problem_args, seed)
+                problem = uci_problem(data, seed, args.budget)
                 _, de_params = harness.run_de(problem)
                 for row in control_variate_ratios(problem, de_params):
                     rows.append({"data": problem.name, "seed": seed, **row})
@@ -222,10 +226,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     variants = list(dict.fromkeys(["mile", *args.variants]))  # MILE first: the gap and its L
     for data in args.data:
         for seed in args.seeds:
-            problem_args = argparse.Namespace(
-                data=data, task="regression", batch_size=256, hidden=[16, 16], budget=args.budget
-            )
-            problem = uci.Problem(problem_args, seed)
+            problem = uci_problem(data, seed, args.budget)
             todo = [v for v in variants if (problem.name, seed, v) not in done]
             if not todo:
                 continue
