@@ -121,6 +121,10 @@ def energy_tuner_init(dtype=jnp.float32) -> EnergyTunerState:
     return EnergyTunerState(abs_mean=one, abs_std=one, count=jnp.ones((), jnp.int32))
 
 
+#: Upper quantiles from this level up are floored at the mean (see :func:`_gamma_quantile`).
+UPPER_QUANTILE_FLOOR_FROM = 0.9
+
+
 def _gamma_quantile(mean: Array, std: Array, q: float) -> Array:
     """q-quantile of the Gamma with the given mean and std (moment fit).
 
@@ -129,6 +133,14 @@ def _gamma_quantile(mean: Array, std: Array, q: float) -> Array:
     Wilson-Hilferty fails: at shape k < ~0.5 (heavy-tailed |dE|) it goes to zero or below,
     and the step size could then only shrink. For k = 0.5 and q = 0.05 the exact quantile is
     0.00197 theta, the asymptote 0.00196 theta, Wilson-Hilferty 4e-9 theta.
+
+    Upper quantiles (q >= 0.9: the reset and shrink thresholds) are floored at the mean. The
+    exact ones lie above it for every shape k >= 0.02, but Wilson-Hilferty turns negative below
+    k = 0.018 (q = 0.98), and such shapes occur when rare, huge errors dominate the running
+    moments: one gross outlier in the data (a Gaussian likelihood, y off by 100 sd, B = 64 of
+    N = 10,000) makes |dE| jump whenever it enters or leaves the batch. Unfloored, every step
+    was then rejected and the step size shrank to 1e-12 (chains frozen at their start);
+    floored, only those jumps are rejected. Where k >= 0.02 nothing changes.
     """
     z = _normal_quantile(q)
     if math.isinf(z):
@@ -137,6 +149,8 @@ def _gamma_quantile(mean: Array, std: Array, q: float) -> Array:
     shape = mean**2 / variance
     scale = variance / mean
     wilson_hilferty = shape * scale * (1 - 1 / (9 * shape) + z / (3 * jnp.sqrt(shape))) ** 3
+    if q >= UPPER_QUANTILE_FLOOR_FROM:
+        return jnp.maximum(wilson_hilferty, mean)
     if q >= 0.5:
         return wilson_hilferty
     log_tail = jnp.log(scale) + (math.log(q) + jax.scipy.special.gammaln(shape + 1)) / shape

@@ -161,6 +161,20 @@ def test_gamma_quantile_close_to_exact(shape, q):
     np.testing.assert_allclose(ours, gamma.ppf(q, shape, scale=scale), rtol=0.12)
 
 
+def test_upper_thresholds_stay_above_the_mean_when_rare_huge_errors_dominate():
+    """Running |dE| moments dominated by a rare jump (mean 100, std 3,000: shape k ~ 1e-3):
+    Wilson-Hilferty's upper quantiles are negative there, so a typical |dE| of 5 was a reset.
+    Floored at the mean, it is neither a reset nor a reason to shrink the step."""
+    mean, std = jnp.float32(100.0), jnp.float32(3000.0)
+    for q in (0.95, 0.98):
+        assert float(tuning._gamma_quantile(mean, std, q)) >= 100.0
+    state = tuning.EnergyTunerState(mean, std, jnp.int32(500))
+    _, step_size, reset = tuning.energy_tuner_update(state, jnp.float32(1e-2), jnp.float32(5.0))
+    assert not bool(reset) and float(step_size) == float(jnp.float32(1e-2))
+    _, _, reset = tuning.energy_tuner_update(state, jnp.float32(1e-2), jnp.float32(1e6))
+    assert bool(reset)  # the jump itself is still rejected
+
+
 def test_heavy_tailed_errors_do_not_collapse_the_step_size():
     """|dE| ~ Gamma(0.4): both adaptation tails fire about equally (tail probability 0.05
     each), so the step size does not drift away (measured over 20,000 steps)."""
