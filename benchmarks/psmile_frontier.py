@@ -13,7 +13,11 @@ number of steps, so that a variant's gradient budget is set by its mini-batch si
 * ``psmile-step=limit``: warmup starts at the noise-limited step size instead of at most 1e-3
   (``step_size=1.0``: an adapting step never exceeds the limit);
 * ``psmile-L=mile``: partial momentum refresh in mini-batch mode, with the median of the
-  decoherence lengths MILE tuned on the same data (a trajectory length of MILE's kind).
+  decoherence lengths MILE tuned on the same data (a trajectory length of MILE's kind);
+* two diagnostics outside the budget: ``psmile-warmup=4x`` (four times the warmup: how much of
+  the gap is the way from the ensemble into the posterior) and ``mile-step=psmile`` (full
+  batch, MILE's L, the step fixed at pSMILE's median final step: how much of the gap is the
+  step size alone).
 
 ``--control-variate-diagnostic`` measures instead what a control variate would remove from
 the mini-batch gradient noise: at the positions of MILE chains (2,000 warmup and 500
@@ -23,7 +27,9 @@ point, and points at distances r in a random direction), summed over coordinates
 
 ``grad_share`` is a run's full-data-equivalent gradient evaluations over MILE's (the issue's
 goal: at most 1/4, with the test LPPD within 0.05 of MILE's). Each record also holds test RMSE,
-wall time (on a shared machine: a rough figure), resets and final step sizes. Results
+wall time (sampling from the ensemble, compilation included; on a shared machine a rough
+figure), resets and final step sizes. The exact-posterior effect of the same variants is
+``python -m benchmarks.sg_mixing --frontier-variants``. Results
 accumulate in ``DIR/frontier.json`` (one record per run; an interrupted run resumes where it
 stopped) and ``DIR/frontier.md`` (means and standard errors over seeds)::
 
@@ -57,7 +63,11 @@ VARIANTS = (
     "psmile-angle=0.8",
     "psmile-L=mile",
     "psmile-step=limit",
+    "psmile-warmup=4x",
+    "mile-step=psmile",
 )
+#: Warmup steps of ``psmile-warmup=4x`` over the budget's (a diagnostic: more steps than MILE).
+LONG_WARMUP = 4
 
 
 def uci_problem(data: str, seed: int, budget: str) -> uci.Problem:
@@ -70,31 +80,54 @@ def uci_problem(data: str, seed: int, budget: str) -> uci.Problem:
 
 def batch_size(problem: uci.Problem, variant: str) -> int:
     """The variant's mini-batch size (N for MILE)."""
-    if variant == "mile":
+    if variant.startswith("mile"):
         return problem.n_train
     if "-B=N/" in variant:
         return max(1, problem.n_train // int(variant.split("/")[-1]))
     return problem.batch_size
 
 
-def run_variant(problem: uci.Problem, variant: str, de_params: dict, mile_L: float | None) -> dict:
-    """One ensemble run of ``variant`` from the deep ensemble's members."""
+def grad_share(problem: uci.Problem, variant: str) -> float:
+    """Full-data-equivalent gradient evaluations over MILE's."""
+    share = batch_size(problem, variant) / problem.n_train
+    if variant == "psmile-warmup=4x":
+        warmup, samples = problem.budget["warmup"], problem.budget["samples"]
+        share *= (LONG_WARMUP * warmup + samples) / (warmup + samples)
+    return share
+
+
+def run_variant(
+    problem: uci.Problem,
+    variant: str,
+    de_params: dict,
+    mile_L: float | None,
+    psmile_step: float | None = None,
+) -> dict:
+    """One ensemble run of ``variant`` from the deep ensemble's members (``mile_L`` and
+    ``psmile_step``: the median L of MILE's and final step of pSMILE's runs of this file and
+    seed, for ``psmile-L=mile`` and ``mile-step=psmile``)."""
     config = SMILEConfig()
+    settings: dict = {}
+    full_batch = variant.startswith("mile")
     if variant.startswith("psmile-angle="):
         config = SMILEConfig(max_noise_angle=float(variant.split("=")[1]))
     elif variant == "psmile-step=limit":
         config = SMILEConfig(step_size=1.0)
     elif variant == "psmile-L=mile":
         config = SMILEConfig(L=mile_L)
+    elif variant == "psmile-warmup=4x":
+        settings["num_warmup"] = LONG_WARMUP * problem.budget["warmup"]
+    elif variant == "mile-step=psmile":  # full batch at pSMILE's step: is the step the gap?
+        config = SMILEConfig(adapt=False, step_size=psmile_step, L=mile_L)
     size = batch_size(problem, variant)
     model = problem.model  # MILE samples it with full-data gradients
-    if variant != "mile":
+    if not full_batch:
         keywords = {**problem.model.keywords, "subsample_size": size}
         model = partial(problem.model.func, **keywords)
     runner = SMILEEnsemble(
         model,
-        **harness.ensemble_settings(problem, config=config, pretrain_epochs=0),
-        full_batch=variant == "mile",
+        **harness.ensemble_settings(problem, config=config, pretrain_epochs=0, **settings),
+        full_batch=full_batch,
     )
     start = time.perf_counter()
     idata = runner.run(
@@ -108,12 +141,12 @@ def run_variant(problem: uci.Problem, variant: str, de_params: dict, mile_L: flo
         "variant": variant,
         "batch_size": size,
         "n_train": problem.n_train,
-        "grad_share": 1.0 if variant == "mile" else size / problem.n_train,
+        "grad_share": grad_share(problem, variant),
         **problem.metrics(idata),
         "wall_s": wall,
         "resets": int(np.sum(state.num_resets)),
         "reset_rate": float(np.sum(state.num_resets))
-        / (problem.budget["members"] * (problem.budget["warmup"] + problem.budget["samples"])),
+        / (problem.budget["members"] * (runner.num_warmup + problem.budget["samples"])),
         "step_size": np.asarray(state.step_size).tolist(),
         "L": np.asarray(state.L).tolist(),
     }
@@ -171,8 +204,8 @@ def summarise(records: list[dict]) -> str:
     """Mean (standard error over seeds) of test LPPD and its gap to MILE, per file and variant."""
     lines = [
         "| data | variant | grad share | seeds | test LPPD | gap to MILE | test RMSE | resets "
-        "| step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| step | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for data in dict.fromkeys(r["data"] for r in records):
         rows = [r for r in records if r["data"] == data]
@@ -193,7 +226,8 @@ def summarise(records: list[dict]) -> str:
                 f"{len(runs)} | {mean_se(lppd)} | {mean_se(gaps)} | "
                 f"{np.mean([r['test_rmse'] for r in runs]):.3f} | "
                 f"{np.mean([r['reset_rate'] for r in runs]):.3f} | "
-                f"{np.median([np.median(r['step_size']) for r in runs]):.2e} |"
+                f"{np.median([np.median(r['step_size']) for r in runs]):.2e} | "
+                f"{np.mean([r['wall_s'] for r in runs]):.0f} |"
             )
     return "\n".join(lines)
 
@@ -223,7 +257,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     path = out / "frontier.json"
     records: list[dict] = json.loads(path.read_text()) if path.exists() else []
     done = {(r["data"], r["seed"], r["variant"]) for r in records}
-    variants = list(dict.fromkeys(["mile", *args.variants]))  # MILE first: the gap and its L
+    # MILE first (the gap and its L), pSMILE before what uses its step
+    first = ["mile", "psmile"] if "mile-step=psmile" in args.variants else ["mile"]
+    variants = list(dict.fromkeys([*first, *args.variants]))
     for data in args.data:
         for seed in args.seeds:
             problem = uci_problem(data, seed, args.budget)
@@ -231,18 +267,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if not todo:
                 continue
             _, de_params = harness.run_de(problem)
-            mile_L = None
+            mile_L = psmile_step = None
             for variant in variants:
                 key = (problem.name, seed, variant)
                 if key in done:
                     record = next(r for r in records if (r["data"], r["seed"], r["variant"]) == key)
                 else:
-                    record = run_variant(problem, variant, de_params, mile_L)
+                    record = run_variant(problem, variant, de_params, mile_L, psmile_step)
                     records.append(record)
                     path.write_text(json.dumps(records, indent=1))
                     print(f"{key}: test LPPD {record['test_lppd']:.3f}", flush=True)
                 if variant == "mile":
                     mile_L = float(np.median(record["L"]))
+                if variant == "psmile":
+                    psmile_step = float(np.median(record["step_size"]))
     (out / "frontier.md").write_text(summarise(records) + "\n")
     print(summarise(records))
     return records

@@ -51,15 +51,20 @@ def test_psmile_frontier_gaps_and_batch_sizes():
 
     from benchmarks import psmile_frontier
 
-    problem = SimpleNamespace(n_train=1000, batch_size=250)
+    problem = SimpleNamespace(
+        n_train=1000, batch_size=250, budget={"warmup": 5000, "samples": 10000}
+    )
     assert psmile_frontier.batch_size(problem, "mile") == 1000
+    assert psmile_frontier.grad_share(problem, "mile-step=psmile") == 1.0
+    # four times the warmup: (20,000 + 10,000) steps of N/4 against MILE's 15,000 of N
+    assert psmile_frontier.grad_share(problem, "psmile-warmup=4x") == 0.5
     assert psmile_frontier.batch_size(problem, "psmile") == 250
     assert psmile_frontier.batch_size(problem, "psmile-B=N/8") == 125
     assert psmile_frontier.batch_size(problem, "psmile-angle=0.4") == 250
 
     def record(variant, seed, lppd, share):
         return dict(data="toy", seed=seed, variant=variant, test_lppd=lppd, test_rmse=0.1,
-                    grad_share=share, reset_rate=0.02, step_size=[1e-2])  # fmt: skip
+                    grad_share=share, reset_rate=0.02, step_size=[1e-2], wall_s=10.0)  # fmt: skip
 
     records = [record("mile", 1, 0.5, 1.0), record("mile", 2, 0.3, 1.0),
                record("psmile", 1, 0.4, 0.25), record("psmile", 2, 0.1, 0.25)]  # fmt: skip
@@ -67,6 +72,35 @@ def test_psmile_frontier_gaps_and_batch_sizes():
     row = next(line for line in table.splitlines() if "| psmile |" in line)
     # gaps -0.1 and -0.2: mean -0.15, standard error 0.05; LPPD mean 0.25 (se 0.15)
     assert "| 0.250 | 2 | +0.250 (0.150) | -0.150 (0.050) |" in row
+
+
+def test_sg_mixing_noise_norm_and_report(tmp_path):
+    """The mixing benchmark's noise norm is the mini-batch gradient's measured spread, its
+    steps turn the velocity by the asked angle, and a tiny run writes its table."""
+    from benchmarks import sg_mixing
+
+    data = sg_mixing.problem()
+    X, y = np.asarray(data["X"], np.float64), np.asarray(data["y"], np.float64)
+    per_datum = X * (y - X @ data["mean"])[:, None] / sg_mixing.NOISE_SD**2
+    rng = np.random.default_rng(0)
+    n, batch_size = sg_mixing.N, 500
+    grads = [
+        n / batch_size * per_datum[rng.choice(n, batch_size, replace=False)].sum(0)
+        for _ in range(2000)
+    ]
+    measured = np.sqrt(np.var(grads, axis=0).sum())
+    # 2000 batches: the std's Monte Carlo error is under 1 percent (5 percent: > 5 errors)
+    assert measured / sg_mixing.noise_norm(data, batch_size) == pytest.approx(1, abs=0.05)
+
+    rows = sg_mixing.main(
+        ["--steps", "200", "--warmup", "50", "--batch-sizes", "500", "--angles", "0.2",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert [r["batch_size"] for r in rows] == [n, batch_size]
+    limit = 0.2 * (sg_mixing.P - 1) / sg_mixing.noise_norm(data, batch_size)
+    assert rows[1]["step_size"] == pytest.approx(limit, rel=1e-5)
+    assert all(np.isfinite(r["ess_per_step"]) and r["sd_ratio_min"] > 0 for r in rows)
+    assert "| 500 | 0.20 |" in (tmp_path / "sg_mixing.md").read_text()
 
 
 def test_startup_report_sums_the_ensembles_and_gives_the_ratio():
