@@ -97,22 +97,22 @@ def run(
         jax.random.key(seed), data["X"], data["y"], init_params={"beta": jnp.asarray(data["init"])}
     )
     beta = np.asarray(mcmc.get_samples(group_by_chain=True)["beta"], np.float64)
-    ess = az.ess(az.convert_to_dataset({"beta": beta}))["beta"].values
-    sd_ratio = beta.reshape(-1, P).std(axis=0) / np.sqrt(np.diag(data["cov"]))
+    ess_per_step = np.mean(az.ess(az.convert_to_dataset({"beta": beta}))["beta"].values) / (
+        NUM_CHAINS * steps
+    )
+    pooled, exact_sd = beta.reshape(-1, P), np.sqrt(np.diag(data["cov"]))
+    sd_ratio = pooled.std(axis=0) / exact_sd
     extra = mcmc.get_extra_fields(group_by_chain=True)
+    step_size = float(np.median(extra["step_size"]))
     return {
         "batch_size": batch_size or N,
-        "step_size": float(np.median(extra["step_size"])),
-        "ess_per_step": float(np.mean(ess) / (NUM_CHAINS * steps)),
-        "ess_per_path": float(np.mean(ess) / (NUM_CHAINS * steps) / np.median(extra["step_size"])),
+        "step_size": step_size,
+        "ess_per_step": float(ess_per_step),
+        "ess_per_path": float(ess_per_step / step_size),
         "sd_ratio_mean": float(np.mean(sd_ratio)),
         "sd_ratio_min": float(np.min(sd_ratio)),
         "sd_ratio_max": float(np.max(sd_ratio)),
-        "mean_error_max": float(
-            np.max(
-                np.abs(beta.reshape(-1, P).mean(0) - data["mean"]) / np.sqrt(np.diag(data["cov"]))
-            )
-        ),
+        "mean_error_max": float(np.max(np.abs(pooled.mean(0) - data["mean"]) / exact_sd)),
         "L": float(np.median(extra["L"])),
         "resets": float(np.mean(extra["diverging"])),
     }

@@ -47,6 +47,23 @@ def warmup_then_run(kernel, init_params, num_warmup, num_samples, num_chains, se
     return mcmc
 
 
+def warmed_up_run(model, *data, num_samples, num_chains, subsample_size, keys, init_params=None):
+    """Vectorized ``MCMC(SMILE(model))``: 1,000 warmup steps with ``mcmc.warmup`` (key
+    ``keys[0]``), then ``num_samples`` from the post-warmup state (key ``keys[1]``)."""
+    mcmc = MCMC(
+        SMILE(model),
+        num_warmup=1000,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    first, second = (jax.random.key(k) for k in keys)
+    mcmc.warmup(first, *data, subsample_size=subsample_size, init_params=init_params)
+    mcmc.run(second, *data, subsample_size=subsample_size)
+    return mcmc
+
+
 def assert_finite_and_counted(mcmc):
     samples, stats = mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(True)
     for name, value in samples.items():
@@ -142,16 +159,9 @@ def heavy_tailed_data():
 @pytest.mark.parametrize("model", [robust_regression, gaussian_regression])
 def test_heavy_tailed_data_with_outliers(heavy_tailed_data, model):
     X, y, beta = heavy_tailed_data
-    mcmc = MCMC(
-        SMILE(model),
-        num_warmup=1000,
-        num_samples=1000,
-        num_chains=2,
-        chain_method="vectorized",
-        progress_bar=False,
+    mcmc = warmed_up_run(
+        model, X, y, num_samples=1000, num_chains=2, subsample_size=128, keys=(2, 3)
     )
-    mcmc.warmup(jax.random.key(2), X, y, subsample_size=128)
-    mcmc.run(jax.random.key(3), X, y, subsample_size=128)
     samples, _ = assert_finite_and_counted(mcmc)
     draws = np.asarray(samples["beta"], np.float64).reshape(-1, 3)
     if model is robust_regression:
@@ -180,17 +190,16 @@ def test_a_single_gross_outlier_does_not_freeze_the_chains(blr):
 
     y = np.asarray(blr.y).copy()
     y[0] += 100.0
-    mcmc = MCMC(
-        SMILE(linear_regression),
-        num_warmup=1000,
+    mcmc = warmed_up_run(
+        linear_regression,
+        blr.X,
+        jnp.asarray(y),
         num_samples=2000,
         num_chains=4,
-        chain_method="vectorized",
-        progress_bar=False,
+        subsample_size=64,
+        keys=(0, 1),
+        init_params=blr.dispersed_init(4),
     )
-    data = (blr.X, jnp.asarray(y))
-    mcmc.warmup(jax.random.key(0), *data, subsample_size=64, init_params=blr.dispersed_init(4))
-    mcmc.run(jax.random.key(1), *data, subsample_size=64)
     samples, stats = assert_finite_and_counted(mcmc)
     assert np.mean(stats["diverging"]) < 0.05
     assert np.min(stats["step_size"]) > 1e-6
