@@ -78,9 +78,14 @@ def uci_problem(data: str, seed: int, budget: str) -> uci.Problem:
     return uci.Problem(problem_args, seed)
 
 
+def is_full_batch(variant: str) -> bool:
+    """Whether ``variant`` samples with full-data gradients (MILE and its diagnostics)."""
+    return variant.startswith("mile")
+
+
 def batch_size(problem: uci.Problem, variant: str) -> int:
     """The variant's mini-batch size (N for MILE)."""
-    if variant.startswith("mile"):
+    if is_full_batch(variant):
         return problem.n_train
     if "-B=N/" in variant:
         return max(1, problem.n_train // int(variant.split("/")[-1]))
@@ -108,7 +113,7 @@ def run_variant(
     seed, for ``psmile-L=mile`` and ``mile-step=psmile``)."""
     config = SMILEConfig()
     settings: dict = {}
-    full_batch = variant.startswith("mile")
+    full_batch = is_full_batch(variant)
     if variant.startswith("psmile-angle="):
         config = SMILEConfig(max_noise_angle=float(variant.split("=")[1]))
     elif variant == "psmile-step=limit":
