@@ -54,8 +54,9 @@ from numpyro_smile.kernel import KernelAdapter
 
 #: The stochastic-gradient baselines (our kernels, step size chosen on a validation grid).
 SG_METHODS = ("sgld", "sghmc", "adasghmc", "csgld")
-#: Our kernel's variants (``mile``: full-data gradients).
-SMILE_METHODS = ("psmile", "smile", "smile-naive", "mile")
+#: Our kernel's variants (``mile``: full-data gradients; ``psmile-limit``: pSMILE whose warmup
+#: starts at the noise-limited step size instead of at most 1e-3).
+SMILE_METHODS = ("psmile", "smile", "smile-naive", "mile", "psmile-limit")
 #: Step sizes of the baselines' grids, c in the budget's ``grid`` times a scale set by the
 #: number N of likelihood terms: SGLD's step is a variance (stable below ~1 / (largest
 #: curvature) ~ 1 / N), SGHMC's a time step (stable below ~1 / sqrt(N)); c = 1 is near the
@@ -77,6 +78,9 @@ SGHMC_FRICTION = 0.01
 #: explores (no noise, draws dropped), warmup explores at the peak step size.
 CSGLD_CYCLES = 4
 NAIVE_STEP_SIZE = 1e-3
+#: The ``step_size`` that starts pSMILE's warmup at the noise limit: an adapting step never
+#: exceeds the limit, so a larger start is cut to it at the first step.
+LIMIT_STEP_SIZE = 1.0
 
 
 class Problem(Protocol):
@@ -185,12 +189,14 @@ def _pretrain_grad_evals(pretraining: dict, problem: Problem, runner: SMILEEnsem
 
 
 def run_smile_family(problem: Problem, method: str, de_params: dict, de: dict) -> dict:
-    """Our kernel (``psmile``, ``smile``, ``smile-naive`` or ``mile``) from the members."""
+    """Our kernel (``psmile``, ``smile``, ``smile-naive``, ``mile`` or ``psmile-limit``) from
+    the members."""
     config = {
         "psmile": SMILEConfig(),
         "smile": SMILEConfig(precondition=False),
         "smile-naive": SMILEConfig(adapt=False, precondition=False, step_size=NAIVE_STEP_SIZE),
         "mile": SMILEConfig(),
+        "psmile-limit": SMILEConfig(step_size=LIMIT_STEP_SIZE),
     }[method]
     runner = SMILEEnsemble(
         problem.model,

@@ -91,6 +91,7 @@ class Problem:
             channels=CHANNELS,
             dense=DENSE,
             subsample_size=self.batch_size,
+            **networks.prior_options(args),
         )
         self.key = jax.random.key(seed)
         self.num_params = networks.num_parameters(self.model, *self.split.train)
@@ -105,6 +106,7 @@ class Problem:
             "n_train": self.n_train,
             "batch_size": self.batch_size,
             "num_params": self.num_params,
+            **networks.prior_of(self.model),
             **{k: v for k, v in self.budget.items() if k not in ("grid", "batch_size")},
         }
 

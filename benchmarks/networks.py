@@ -16,7 +16,8 @@ methods of :mod:`benchmarks.harness` on it for every seed and writes to ``--out 
   (full-data-equivalent), ``minibatch_grads`` (mini-batch gradient evaluations of warmup and
   sampling, all members), ``resets``, ``peak_rss_mb``, ``step_size``, the baselines'
   ``grid``, and the problem's configuration (``n_train``, ``batch_size``, ``num_params``,
-  the budget); text adds ``test_nll_per_char`` (= -``test_lppd``).
+  ``prior`` and ``prior_scale``, the budget); text adds ``test_nll_per_char``
+  (= -``test_lppd``).
 - ``results.md``: a table per benchmark (means over seeds) and the issue's targets, each
   met or missed with its margin.
 - ``accuracy_lppd_vs_time.png`` (test accuracy and LPPD against each method's wall time) and
@@ -27,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib
+import inspect
 import json
 import math
 import os
@@ -48,6 +51,11 @@ from numpyro_smile import evaluate
 
 #: The methods of both benchmarks, all from the same deep ensemble.
 METHODS = ("de", "psmile", "smile", "smile-naive", "sghmc", "adasghmc", "csgld")
+#: Methods run only when asked for with ``--methods``: pSMILE started at the noise limit and
+#: full-batch MILE (full-data gradients: about 30 times pSMILE's cost per step on the CNN).
+EXTRA_METHODS = ("psmile-limit", "mile")
+#: The models' built-in priors (``--prior``; ``--prior-scale`` sets their s).
+PRIORS = ("isotropic", "fan_in")
 #: Settings a command line may override in the chosen budget (``--grid`` too: the baselines'
 #: c values, several floats).
 OVERRIDES = (
@@ -60,8 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser, budgets: dict) -> None:
     """The options both benchmarks share."""
     parser.add_argument("--budget", choices=list(budgets), default="small")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS + EXTRA_METHODS, default=list(METHODS)
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--prior", choices=PRIORS, default=None, help="the network's prior (default: the model's)"
+    )
+    parser.add_argument(
+        "--prior-scale", type=float, default=None, help="the prior's s (default: the model's, 1)"
+    )
     for name in OVERRIDES:
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=None, help="override the budget's"
@@ -75,6 +91,23 @@ def budget_of(args: argparse.Namespace, budgets: dict) -> dict:
     if overrides.get("pretrain_epochs") is not None:  # epochs given: no step count
         overrides.setdefault("pretrain_steps", None)
     return {**budgets[args.budget], **overrides}
+
+
+def prior_options(args: argparse.Namespace) -> dict:
+    """The model keywords of ``--prior`` and ``--prior-scale``, those given only (an empty dict
+    keeps the model's default prior)."""
+    options = {
+        "prior": getattr(args, "prior", None),
+        "prior_scale": getattr(args, "prior_scale", None),
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def prior_of(model: functools.partial) -> dict:
+    """``{"prior", "prior_scale"}`` of a ready model's ``partial``: its keywords, else the
+    model function's defaults (for ``results.json``'s records)."""
+    defaults = inspect.signature(model.func).parameters
+    return {k: model.keywords.get(k, defaults[k].default) for k in ("prior", "prior_scale")}
 
 
 def num_parameters(model: Callable, *args: Any) -> int:
@@ -170,6 +203,17 @@ def rerender(out: Path) -> str:
     return write_reports(results, out, module.targets, module.SCORE)
 
 
+def describe_prior(record: dict) -> str:
+    """The prior as ``results.md``'s setting line names it (", prior N(0, 1^2)"); empty for
+    records written before the prior was kept."""
+    if "prior" not in record:
+        return ""
+    s = record["prior_scale"]
+    if record["prior"] == "fan_in":
+        return f", prior N(0, {s:g}^2 / fan_in) on the weights"
+    return f", prior N(0, {s:g}^2)"
+
+
 def render(results: dict, targets: Callable[[list[dict]], list[str]], score: tuple) -> str:
     """``results.md``: the setting, a table of means over seeds and the targets' verdicts."""
     records = results["records"]
@@ -184,8 +228,8 @@ def render(results: dict, targets: Callable[[list[dict]], list[str]], score: tup
         "",
         f"Command: `{results['command']}`",
         "",
-        f"{first['num_params']:,} parameters, N = {first['n_train']:,} training "
-        f"{first.get('unit', 'examples')}, B = {first['batch_size']}, {first['members']} "
+        f"{first['num_params']:,} parameters{describe_prior(first)}, N = {first['n_train']:,} "
+        f"training {first.get('unit', 'examples')}, B = {first['batch_size']}, {first['members']} "
         f"members, {first['warmup']} warmup + {first['samples']} sampling steps (thinning "
         f"{first['thinning']}); seeds {', '.join(map(str, seeds))} (means over seeds).",
         "",

@@ -117,7 +117,7 @@ def run_variant(
     if variant.startswith("psmile-angle="):
         config = SMILEConfig(max_noise_angle=float(variant.split("=")[1]))
     elif variant == "psmile-step=limit":
-        config = SMILEConfig(step_size=1.0)
+        config = SMILEConfig(step_size=harness.LIMIT_STEP_SIZE)
     elif variant == "psmile-L=mile":
         config = SMILEConfig(L=mile_L)
     elif variant == "psmile-warmup=4x":

@@ -114,6 +114,7 @@ class Problem:
             num_heads=NUM_HEADS,
             num_layers=NUM_LAYERS,
             subsample_size=self.batch_size,
+            **networks.prior_options(args),
         )
         self.key = jax.random.key(seed)
         self.num_params = networks.num_parameters(self.model, *self.split.train)
@@ -132,6 +133,7 @@ class Problem:
             "test_chars_scored": int(self.split.test[0][:, 1:].size),
             "batch_size": self.batch_size,
             "num_params": self.num_params,
+            **networks.prior_of(self.model),
             **{
                 k: v
                 for k, v in self.budget.items()

@@ -178,6 +178,41 @@ def test_image_benchmark_tiny(tmp_path):
     assert "- CNN of >= 30,000 parameters: met (33,418)" in (tmp_path / "results.md").read_text()
 
 
+def test_network_benchmarks_prior_options_and_extra_methods():
+    """``--prior`` and ``--prior-scale`` reach the network and its records; pSMILE started at
+    the noise limit and MILE can be asked for, and are not run by default."""
+    import argparse
+
+    from numpyro import handlers
+
+    from benchmarks import harness, images, networks
+
+    parser = argparse.ArgumentParser()
+    networks.add_arguments(parser, images.BUDGETS)
+    images.add_arguments(parser)
+    argv = ["--budget", "tiny", "--out", "unused", "--methods", "de", "psmile-limit", "mile"]
+    args = parser.parse_args([*argv, "--prior", "fan_in", "--prior-scale", "4"])
+    assert args.methods == ["de", "psmile-limit", "mile"]
+    assert set(networks.EXTRA_METHODS) <= set(harness.SMILE_METHODS)
+    assert not set(networks.EXTRA_METHODS) & set(parser.parse_args(argv[:4]).methods)
+    problem = images.Problem(args, seed=0)
+    trace = handlers.trace(handlers.seed(problem.model, 0)).get_trace(*problem.split.train)
+    weights = [s for s in trace.values() if s["type"] == "sample" and s["value"].ndim >= 2]
+    assert len(weights) == 4  # two convolutions (width, in, out) and two dense (in, out)
+    for site in weights:  # N(0, 4^2 / fan_in): the scale read off the log density at zero
+        value = site["value"]
+        log_density = float(site["fn"].log_prob(np.zeros(value.shape))) / value.size
+        scale = np.exp(-log_density - 0.5 * np.log(2 * np.pi))
+        assert np.isclose(scale, 4 / np.sqrt(np.prod(value.shape[:-1])), rtol=1e-4), site["name"]
+    record = problem.config()
+    assert (record["prior"], record["prior_scale"]) == ("fan_in", 4.0)
+    assert networks.describe_prior(record) == ", prior N(0, 4^2 / fan_in) on the weights"
+    default = images.Problem(parser.parse_args(argv), seed=0).config()
+    assert (default["prior"], default["prior_scale"]) == ("isotropic", 1.0)
+    assert networks.describe_prior(default) == ", prior N(0, 1^2)"
+    assert networks.describe_prior({}) == ""  # results.json written before the prior was kept
+
+
 def test_text_benchmark_data_metrics_and_report(monkeypatch):
     """The text benchmark's own parts on its tiny budget, without a sampler (the harness that
     runs the methods is the image benchmark's, tested end to end above; the transformer's
