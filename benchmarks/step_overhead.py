@@ -19,7 +19,8 @@ Timed runs of the three loops alternate (best of ``--repeats`` each), so machine
 them alike. On a loaded machine the best times can come from different moments; the median of
 the per-round ratios (``step_ratio_paired``) is the steadier figure there.
 
-Reports the per-step ratio smile / raw (goal <= 1.15), the floor's ratio floor / raw, and
+Reports the per-step ratio smile / raw (goals: <= 1.10 on a CPU, <= 1.15 on an accelerator;
+the kernel issue's was 1.15 everywhere), the floor's ratio floor / raw, and
 start-up (``init`` + compile of the sampling loop) over the raw loop's compile time (goal
 <= 2). Run::
 
@@ -239,12 +240,13 @@ def main() -> None:
         "mcmc_run_s": mcmc_total,
         "mcmc_run_ms_per_step_incl_compile": 1e3 * mcmc_total / args.steps,
     }
+    goal = 1.10 if jax.default_backend() == "cpu" else 1.15
     width = max(map(len, results))
     for name, value in results.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
         print(f"{name:>{width}}  {shown}")
     print(
-        f"\nstep ratio {results['step_ratio']:.3f} (goal <= 1.15; floor without bookkeeping "
+        f"\nstep ratio {results['step_ratio']:.3f} (goal <= {goal:.2f}; floor without bookkeeping "
         f"{results['floor_ratio']:.3f}); start-up ratio {results['startup_ratio']:.2f} (goal <= 2)"
     )
     if args.out:
