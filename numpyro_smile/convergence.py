@@ -173,8 +173,11 @@ def warmup_report(
         f"Warmup ended before the sampler settled: {'; '.join(problems)}. The draws that follow "
         "are not yet from the posterior. Try, in order: a longer num_warmup; a better start "
         "(init_params are unconstrained values, e.g. log(sigma), not sigma; pretrained points "
-        "help); for neural networks, chains started in different modes of a symmetric "
-        "posterior also disagree (SMILEEnsemble runs one chain per mode on purpose)."
+        "help a neural network, but in a hierarchical model whose density grows without bound "
+        "as a group scale goes to 0, the default Adam pretraining drives the chains into that "
+        "funnel: pass pretrain_steps=0, or reparameterise it non-centred); for neural "
+        "networks, chains started in different modes of a symmetric posterior also disagree "
+        "(SMILEEnsemble runs one chain per mode on purpose)."
     )
 
 

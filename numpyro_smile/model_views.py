@@ -78,13 +78,30 @@ class _PlateInspector(Messenger):
 
     def process_message(self, msg):
         if msg["type"] == "subsample":  # the plates it sits in are those on the stack
-            self.subsampled_in |= {h.name for h in primitives._PYRO_STACK if isinstance(h, plate)}
+            enclosing = {h.name for h in primitives._PYRO_STACK if isinstance(h, plate)}
+            # One of them with a subsample_size accounts for the call (nested plates
+            # subsampled on the inner one only); with none, each is a candidate.
+            if all(self.plates.get(name, (0, None))[1] is None for name in enclosing):
+                self.subsampled_in |= enclosing
         if msg["type"] != "plate":
             return
         size, subsample_size = msg["args"]
+        if subsample_size is not None and not _is_positive_int(subsample_size):
+            raise ModelError(
+                f"numpyro.plate({msg['name']!r}, {size}, subsample_size={subsample_size!r}): "
+                "the mini-batch size must be a positive integer (the number of data points "
+                f"per step, at most {size}), or None for full-data gradients."
+            )
         self.plates[msg["name"]] = (size, subsample_size)
         if msg["value"] is None:
             msg["value"] = jnp.arange(min(size, subsample_size))
+
+
+def _is_positive_int(value: Any) -> bool:
+    """An integer of at least 1 (NumPy's and 0-d arrays' too; not a bool or a float)."""
+    if isinstance(value, bool) or not jnp.issubdtype(np.asarray(value).dtype, jnp.integer):
+        return False
+    return np.ndim(value) == 0 and int(value) >= 1
 
 
 def _plate_error(name: str, size: int, subsample_size: int) -> ModelError:
@@ -287,8 +304,11 @@ def check_finite_data(model_args: tuple, model_kwargs: dict) -> None:
                 where = label + jax.tree_util.keystr(path)
                 raise ValueError(
                     f"{where} contains {bad} non-finite value(s) (NaN or inf). SMILE needs "
-                    "finite data: drop or impute those rows (or mask them with "
-                    "numpyro.handlers.mask) before calling mcmc.run."
+                    "finite data: drop or impute those rows before calling mcmc.run. To keep "
+                    "them as missing values, pass the data with a finite placeholder "
+                    "(jnp.nan_to_num(y)) and the missingness as its own argument (ok = "
+                    "~jnp.isnan(y)), and let the model mask those terms "
+                    "(numpyro.handlers.mask(mask=ok) around the likelihood)."
                 )
 
 

@@ -13,7 +13,7 @@ import pytest
 from numpyro.infer import Predictive, log_likelihood
 from numpyro.infer.util import initialize_model
 
-from numpyro_smile import model_views
+from numpyro_smile import SMILE, model_views
 from numpyro_smile.batching import PlateInfo
 from numpyro_smile.model_views import FullBatchWarning, ModelError, inspect_model
 
@@ -39,6 +39,16 @@ def test_subsample_larger_than_data_is_rejected():
     X, y = small_data()
     with pytest.raises(ModelError, match=r"larger than the data \(2000 > 1000\)"):
         model_views.inspect_model(linear_regression, (X, y), {"subsample_size": 2000})
+
+
+@pytest.mark.parametrize("size", [0, -5, 32.0, True, np.array([8])])
+def test_subsample_size_that_is_not_a_positive_integer_is_rejected(size):
+    """Zero, a negative or a float size used to fail deep inside (a ZeroDivisionError, JAX's
+    "indices must have an integer type"); NumPy integers are fine."""
+    X, y = small_data()
+    with pytest.raises(ModelError, match=r"must be a positive integer"):
+        model_views.inspect_model(linear_regression, (X, y), {"subsample_size": size})
+    assert model_views.inspect_model(linear_regression, (X, y), {"subsample_size": np.int64(8)})
 
 
 def test_discrete_latent_is_rejected():
@@ -129,6 +139,39 @@ def test_non_finite_data_is_rejected():
     model_views.check_finite_data((X, jnp.arange(3)), {"n": 3})  # ints and scalars pass
 
 
+def masked_regression(X, y, observed, subsample_size=None):
+    """Missing targets as the NaN error advises: a finite placeholder in ``y`` and the
+    missingness as its own argument, masked in the likelihood."""
+    beta = numpyro.sample("beta", dist.Normal(0, 10).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("N", X.shape[0], subsample_size=subsample_size):
+        Xb, yb, ob = (numpyro.subsample(a, event_dim=e) for a, e in ((X, 1), (y, 0), (observed, 0)))
+        with numpyro.handlers.mask(mask=ob):
+            numpyro.sample("obs", dist.Normal(Xb @ beta, 1.0), obs=yb)
+
+
+def test_missing_data_as_the_nan_error_advises_passes_and_is_masked():
+    """The advice of the non-finite data error works: the data pass the check, the masked rows
+    add nothing to the density (it equals the model's on the other rows), and SMILE samples
+    it with mini-batches."""
+    X, y = small_data(n=200)
+    y = y.at[::7].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"finite placeholder \(jnp.nan_to_num\(y\)\)"):
+        model_views.check_finite_data((X, y), {})
+    observed = ~jnp.isnan(y)
+    args = (X, jnp.nan_to_num(y), observed)
+    model_views.check_finite_data(args, {})
+    params = {"beta": jnp.array([0.5, -1.0, 2.0])}
+    masked, _ = numpyro.infer.util.log_density(masked_regression, args, {}, params)
+    kept = (X[observed], y[observed], jnp.ones(int(observed.sum()), bool))
+    expected, _ = numpyro.infer.util.log_density(masked_regression, kept, {}, params)
+    assert np.isclose(masked, expected, rtol=1e-6)
+    mcmc = numpyro.infer.MCMC(
+        SMILE(masked_regression), num_warmup=50, num_samples=50, progress_bar=False
+    )
+    mcmc.run(jax.random.key(0), *args, subsample_size=40)
+    assert np.isfinite(np.asarray(mcmc.get_samples()["beta"])).all()
+
+
 def test_minibatch_potential_is_unbiased_over_an_epoch():
     """Averaged over the batches of one epoch (B divides N), the mini-batch potential equals the
     full-data potential: likelihood scaled by N / B, prior counted once."""
@@ -198,3 +241,19 @@ def test_a_forgotten_subsample_size_warns_and_an_explicit_one_does_not():
         assert inspect_model(plain, (X, y), {}) == {}
         # reading plates of held-out data (check=False) never warns
         assert inspect_model(linear_regression, (X, y), {}, check=False) == {}
+
+        def nested(y, subsample_size=None):  # groups x observations, the inner plate subsampled
+            a = numpyro.sample("a", dist.Normal().expand([y.shape[1]]).to_event(1))
+            with numpyro.plate("groups", y.shape[1], dim=-1):
+                with numpyro.plate("obs", y.shape[0], subsample_size=subsample_size, dim=-2):
+                    numpyro.sample("y", dist.Normal(a, 1.0), obs=numpyro.subsample(y, event_dim=0))
+
+        Y = jnp.zeros((40, 3))
+        assert inspect_model(nested, (Y,), {"subsample_size": 8}) == {"obs": PlateInfo(40, 8)}
+    # with no subsample_size anywhere, each plate around numpyro.subsample is named
+    with pytest.warns(FullBatchWarning) as record:
+        assert inspect_model(nested, (Y,), {}) == {}
+    assert {str(w.message).split(",")[0] for w in record} == {
+        "numpyro.plate('groups'",
+        "numpyro.plate('obs'",
+    }
