@@ -145,9 +145,10 @@ def inspect_model(
             raise
         raise ModelError(hint) from error
     plates: dict[str, PlateInfo] = {}
+    forgotten = []  # plates written for mini-batches without a subsample_size: warn if valid
     for name, (size, subsample_size) in inspector.plates.items():
-        if subsample_size is None and check and name in inspector.subsampled_in:
-            _warn_full_batch(name, size)
+        if subsample_size is None and name in inspector.subsampled_in:
+            forgotten.append((name, size))
         if subsample_size is None or subsample_size == size:
             continue
         if subsample_size > size and check:
@@ -192,6 +193,8 @@ def inspect_model(
         )
     if plates:
         _check_traced_indices(model, model_args, model_kwargs, plates)
+    for name, size in forgotten:  # after the errors: a model that fails gets only its error
+        _warn_full_batch(name, size)
     return plates
 
 

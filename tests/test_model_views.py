@@ -52,13 +52,17 @@ def test_subsample_size_that_is_not_a_positive_integer_is_rejected(size):
 
 
 def test_discrete_latent_is_rejected():
-    def model(y):
+    def model(y, subsample_size=10):
         k = numpyro.sample("k", dist.Bernoulli(0.5))
-        with numpyro.plate("N", y.shape[0], subsample_size=10):
+        with numpyro.plate("N", y.shape[0], subsample_size=subsample_size):
             numpyro.sample("obs", dist.Normal(k, 1), obs=numpyro.subsample(y, event_dim=0))
 
     with pytest.raises(ModelError, match="Latent site 'k' is discrete"):
         model_views.inspect_model(model, (jnp.zeros(100),), {})
+    with warnings.catch_warnings():  # without subsample_size: the error alone, no warning
+        warnings.simplefilter("error")
+        with pytest.raises(ModelError, match="Latent site 'k' is discrete"):
+            model_views.inspect_model(model, (jnp.zeros(100),), {"subsample_size": None})
 
 
 def test_local_latent_in_subsampled_plate_is_rejected():
